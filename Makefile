@@ -1,0 +1,30 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first, pinned: here it takes the local CPU build; on a laptop or a GPU box, PyPI's.
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test lint install clean
+
+$(BIN)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[worker,dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/zimage demo
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The HistoryGen image dispatcher: Postgres queue in, RunPod jobs out, PNGs stored."""

@@ -1,0 +1,80 @@
+"""The ``zimage`` command line: one entry point, one subcommand per task."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import psycopg
+from pydantic import ValidationError
+
+from dispatcher.schema import apply_migrations, apply_shim
+from dispatcher.settings import load_database_settings
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    settings = load_database_settings()
+    with psycopg.connect(str(settings.database_url), autocommit=True) as conn:
+        if args.shim:
+            apply_shim(conn)
+            print("applied the local Supabase shim")
+        applied = apply_migrations(conn)
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'already up to date'}")
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from devstack.demo import run_demo
+
+    return run_demo(prompts=args.prompt)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zimage", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="apply supabase/migrations to DATABASE_URL",
+        description="Apply the migrations not yet recorded in supabase_migrations.schema_migrations "
+        "(the Supabase CLI's history table) to DATABASE_URL. On Supabase itself prefer "
+        "`supabase db push`; both read the same history.",
+    )
+    migrate.add_argument(
+        "--shim",
+        action="store_true",
+        help="first apply supabase/local/shim.sql (roles, auth, storage) - vanilla Postgres only, "
+        "never a Supabase project",
+    )
+    migrate.set_defaults(run=_migrate)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the pipeline locally end to end",
+        description="Start a throwaway Postgres with the shim and migrations, submit prompts the way "
+        "the frontend does, and show what the pipeline makes of them.",
+    )
+    demo.add_argument("prompt", nargs="*", help="prompts to submit (a few history scenes by default)")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+            print(f"zimage: configuration error: {name}: {error['msg']}", file=sys.stderr)
+        return EXIT_CONFIG
+    except psycopg.OperationalError as exc:
+        print(f"zimage: cannot reach the database: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

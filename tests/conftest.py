@@ -1,0 +1,48 @@
+"""Shared fixtures: one real Postgres cluster per test session, a fresh database per test.
+
+The cluster is started once (about a second); a template database gets the
+shim and the migrations, and each test that needs a database gets its own
+copy of it (CREATE DATABASE ... TEMPLATE, a few milliseconds).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from devstack.postgres import PostgresCluster
+from dispatcher.schema import apply_migrations, apply_shim
+
+TEMPLATE = "zimage_template"
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    with PostgresCluster() as cluster:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute(f"create database {TEMPLATE}")
+        with psycopg.connect(cluster.dsn(TEMPLATE), autocommit=True) as conn:
+            apply_shim(conn)
+            apply_migrations(conn)
+        yield cluster
+
+
+@pytest.fixture
+def database_url(postgres: PostgresCluster) -> Iterator[str]:
+    """A migrated database of this test's own, dropped afterwards."""
+    name = f"test_{next(_names)}"
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        conn.execute(f"create database {name} template {TEMPLATE}")
+    yield postgres.dsn(name)
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        conn.execute(f"drop database {name} with (force)")
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn

@@ -1,0 +1,67 @@
+"""The ``zimage`` command line, run as a user runs it: a subprocess with an environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from devstack.postgres import PostgresCluster
+
+
+def zimage(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_migrate_with_shim_on_a_vanilla_database(postgres: PostgresCluster) -> None:
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        conn.execute("drop database if exists cli_migrate with (force)")
+        conn.execute("create database cli_migrate")
+    env = {"DATABASE_URL": postgres.dsn("cli_migrate")}
+    first = zimage("migrate", "--shim", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "applied 4 migration(s)" in first.stdout
+    again = zimage("migrate", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "already up to date" in again.stdout
+
+
+def test_migrate_names_a_missing_setting() -> None:
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", "migrate"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd="/",
+    )
+    assert result.returncode == 2
+    assert "DATABASE_URL" in result.stderr
+
+
+def test_demo_runs_the_database_half_and_says_what_is_missing() -> None:
+    result = zimage("demo", "a Viking longship", "the Great Library of Alexandria")
+    assert result.returncode == 0, result.stderr
+    assert "job 1: queued" in result.stdout
+    assert "Creating 2 image jobs..." in result.stdout
+    assert "Not built yet" in result.stdout
+
+
+def test_a_stopped_cluster_leaves_no_server_behind() -> None:
+    cluster = PostgresCluster().start()
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+    cluster.stop()
+    assert not cluster.root.exists()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(cluster.dsn(), connect_timeout=2).close()

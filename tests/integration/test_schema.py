@@ -1,0 +1,134 @@
+"""The schema against a real Postgres: migrations, the jobs trigger, wake-ups, and the pgTAP suites."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from devstack.postgres import PostgresCluster
+from dispatcher.schema import SUPABASE_DIR, apply_migrations, apply_shim, migration_files
+
+PGTAP_FILES = sorted((SUPABASE_DIR / "tests").glob("*.sql"))
+USER_A = "aaaaaaaa-0000-0000-0000-000000000001"
+
+
+def as_user(conn: psycopg.Connection, user_id: str) -> None:
+    """Switch this transaction to the authenticated role with a JWT for user_id, as PostgREST does."""
+    conn.execute("set local role authenticated")
+    claims = json.dumps({"sub": user_id, "role": "authenticated"})
+    conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
+
+
+def test_migration_names_follow_supabase_cli() -> None:
+    names = [path.name for path in migration_files()]
+    assert names, "no migrations found"
+    assert all(re.fullmatch(r"\d{14}_[a-z0-9_]+\.sql", name) for name in names), names
+
+
+def test_migrations_apply_in_order_on_a_fresh_database(postgres: PostgresCluster) -> None:
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        conn.execute("drop database if exists fresh with (force)")
+        conn.execute("create database fresh")
+    with psycopg.connect(postgres.dsn("fresh"), autocommit=True) as conn:
+        apply_shim(conn)
+        apply_shim(conn)  # idempotent: roles are cluster-wide
+        versions = [path.name[:14] for path in migration_files()]
+        assert apply_migrations(conn) == versions
+        assert apply_migrations(conn) == []
+        recorded = conn.execute(
+            "select version from supabase_migrations.schema_migrations order by version"
+        ).fetchall()
+        assert [row[0] for row in recorded] == versions
+
+
+@pytest.mark.parametrize("path", PGTAP_FILES, ids=lambda path: path.name)
+def test_pgtap(path: Path, postgres: PostgresCluster, database_url: str) -> None:
+    pg_prove = shutil.which("pg_prove")
+    assert pg_prove, "pg_prove not found: install Debian's postgresql-15-pgtap (see README)"
+    result = subprocess.run(
+        [
+            pg_prove,
+            "--verbose",
+            "--dbname",
+            database_url.rsplit("/", 1)[1],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(postgres.port),
+            "--username",
+            "postgres",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Result: PASS" in result.stdout
+
+
+def test_batch_creates_its_jobs_atomically_and_wakes_one_listener(
+    database_url: str, db: psycopg.Connection
+) -> None:
+    db.execute("insert into auth.users (id) values (%s)", (USER_A,))
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute("listen image_jobs_queued")
+        with psycopg.connect(database_url) as frontend:
+            as_user(frontend, USER_A)
+            # three batches in one statement: one NOTIFY, not one per row or per batch
+            frontend.execute(
+                "insert into image_batches (prompts) values (array['a', 'b']), (array['c']), (array['d'])"
+            )
+            assert db.execute("select count(*) from image_jobs").fetchone() == (0,), "visible before commit"
+            assert list(listener.notifies(timeout=0.2)) == []
+            frontend.commit()
+        notes = list(listener.notifies(timeout=1.0, stop_after=2))
+    assert [(n.channel, n.payload) for n in notes] == [("image_jobs_queued", "")]
+    rows = db.execute(
+        "select prompt, position, status, user_id::text from image_jobs order by prompt"
+    ).fetchall()
+    assert rows == [
+        ("a", 0, "queued", USER_A),
+        ("b", 1, "queued", USER_A),
+        ("c", 0, "queued", USER_A),
+        ("d", 0, "queued", USER_A),
+    ]
+
+
+def test_requeue_wakes_the_dispatcher_and_events_are_announced_by_id(
+    database_url: str, db: psycopg.Connection
+) -> None:
+    batch_id = db.execute("insert into image_batches (prompts) values (array['x']) returning id").fetchone()
+    assert batch_id is not None
+    db.execute("update image_jobs set status = 'failed', error = 'boom', finished_at = now()")
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute("listen image_jobs_queued")
+        listener.execute("listen image_job_events")
+        assert db.execute("select requeue_failed_jobs(batch_id => %s)", batch_id).fetchone() == (1,)
+        notes = {n.channel: n.payload for n in listener.notifies(timeout=1.0, stop_after=2)}
+    assert notes["image_jobs_queued"] == ""
+    announced = json.loads(notes["image_job_events"])
+    newest = db.execute("select max(id) from image_job_events").fetchone()
+    assert announced == {"batch_id": str(batch_id[0]), "id": newest[0] if newest else None}
+
+
+def test_a_refused_batch_leaves_nothing_behind(db: psycopg.Connection) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation, match=r"prompts\[2\]: prompt is empty or blank"):
+        db.execute("insert into image_batches (prompts) values (array['ok', 'fine', '   '])")
+    counts = db.execute(
+        "select (select count(*) from image_batches), (select count(*) from image_jobs),"
+        " (select count(*) from image_job_events)"
+    ).fetchone()
+    assert counts == (0, 0, 0)
+
+
+def test_a_nul_byte_is_refused_before_it_reaches_the_database(db: psycopg.Connection) -> None:
+    with pytest.raises(psycopg.DataError, match="NUL"):
+        db.execute("insert into image_batches (prompts) values (%s)", (["a\x00b"],))
+    assert db.execute("select count(*) from image_batches").fetchone() == (0,)
