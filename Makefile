@@ -10,7 +10,7 @@ $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[worker,dev]'
+	$(BIN)/python -m pip install -q -e '.[dispatcher,worker,dev]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -22,6 +22,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile.worker
 
 test: lint
 	$(BIN)/pytest

@@ -1,0 +1,6 @@
+"""The RunPod serverless worker: Z-Image-Turbo behind a strict, small handler.
+
+Modules: ``settings`` (environment), ``request`` (input validation), ``errors``
+(the error contract with the dispatcher), ``pipeline`` (loading and generating),
+``handler`` (RunPod job in, PNG out), ``tiny`` (an offline test pipeline).
+"""

@@ -1,0 +1,123 @@
+"""Loading Z-Image-Turbo once per container, and generating one PNG per request."""
+
+from __future__ import annotations
+
+import gc
+import io
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import torch
+from diffusers import ZImagePipeline
+
+from worker.errors import OutOfMemory
+from worker.request import ASPECT_RATIO_SIZES, GUIDANCE_SCALE, GenerationRequest
+from worker.settings import WorkerSettings
+
+log = structlog.get_logger("worker.pipeline")
+
+# A byte-level BPE has at least 256 tokens. Offline, transformers can hand back
+# a tokenizer with a vocabulary of 1 instead of failing; refuse to serve with it.
+MIN_TOKENIZER_SIZE = 256
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    png: bytes
+    width: int
+    height: int
+    inference_ms: float
+    encode_ms: float
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_pipeline(settings: WorkerSettings, device: torch.device) -> Any:
+    """Load the pipeline onto the device; any failure here must crash the worker at start-up."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    pipe = ZImagePipeline.from_pretrained(
+        settings.model_id, dtype=dtype, token=settings.hf_token, cache_dir=settings.model_cache_dir
+    )
+    vocabulary = len(pipe.tokenizer)
+    if vocabulary < MIN_TOKENIZER_SIZE:
+        raise RuntimeError(
+            f"tokenizer of {settings.model_id} has {vocabulary} tokens: its files are missing or unreadable"
+        )
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if settings.attention_backend:
+        pipe.transformer.set_attention_backend(settings.attention_backend)
+    if settings.torch_compile:
+        pipe.transformer.compile()
+    return pipe
+
+
+class ImageGenerator:
+    """The loaded pipeline and the device it lives on; one per worker process."""
+
+    def __init__(self, pipe: Any, device: torch.device, load_ms: float) -> None:
+        self.pipe = pipe
+        self.device = device
+        self.load_ms = load_ms
+
+    @classmethod
+    def load(cls, settings: WorkerSettings) -> ImageGenerator:
+        device = pick_device()
+        started = time.perf_counter()
+        pipe = load_pipeline(settings, device)
+        generator = cls(pipe, device, load_ms=(time.perf_counter() - started) * 1000)
+        log.info(
+            "pipeline.loaded",
+            model_id=settings.model_id,
+            device=device.type,
+            load_ms=round(generator.load_ms),
+        )
+        if settings.warmup if settings.warmup is not None else device.type == "cuda":
+            generator.warm_up()
+        return generator
+
+    def warm_up(self) -> None:
+        """One short generation per served size: kernels chosen, allocator primed, graphs compiled."""
+        started = time.perf_counter()
+        for width, height in ASPECT_RATIO_SIZES.values():
+            self.generate(GenerationRequest(prompt="warm-up", steps=2, width=width, height=height, seed=0))
+        log.info("pipeline.warmed_up", warmup_ms=round((time.perf_counter() - started) * 1000))
+
+    def generate(self, request: GenerationRequest) -> GeneratedImage:
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                image = self.pipe(
+                    prompt=request.prompt,
+                    width=request.width,
+                    height=request.height,
+                    num_inference_steps=request.steps,
+                    guidance_scale=GUIDANCE_SCALE,
+                    generator=torch.Generator(device=self.device).manual_seed(request.seed),
+                ).images[0]
+        except torch.OutOfMemoryError as exc:  # a RuntimeError: caught before anything broader
+            self.free_memory()
+            raise OutOfMemory(
+                f"GPU out of memory at {request.width}x{request.height}, {request.steps} steps; "
+                "the cache was freed, another attempt may fit"
+            ) from exc
+        encoding = time.perf_counter()
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        done = time.perf_counter()
+        return GeneratedImage(
+            png=buffer.getvalue(),
+            width=image.width,
+            height=image.height,
+            inference_ms=(encoding - started) * 1000,
+            encode_ms=(done - encoding) * 1000,
+        )
+
+    def free_memory(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
