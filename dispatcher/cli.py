@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("prompt", nargs="*", help="prompts to submit (a few history scenes by default)")
     demo.set_defaults(run=_demo)
+
+    from devstack.cli import add_devstack_commands
+
+    add_devstack_commands(commands)
     return parser
 
 

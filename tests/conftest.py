@@ -1,5 +1,7 @@
 """Shared fixtures: one real Postgres cluster per test session, a fresh database per test.
 
+Also the tiny offline Z-Image pipeline, built once per session.
+
 The cluster is started once (about a second); a template database gets the
 shim and the migrations, and each test that needs a database gets its own
 copy of it (CREATE DATABASE ... TEMPLATE, a few milliseconds).
@@ -7,13 +9,20 @@ copy of it (CREATE DATABASE ... TEMPLATE, a few milliseconds).
 
 from __future__ import annotations
 
+import os
+
+# The hub is never contacted: set before anything imports huggingface_hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from devstack.postgres import PostgresCluster
+from worker.tiny import build_tiny_pipeline
 from dispatcher.schema import apply_migrations, apply_shim
 
 TEMPLATE = "zimage_template"
@@ -46,3 +55,9 @@ def database_url(postgres: PostgresCluster) -> Iterator[str]:
 def db(database_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(database_url, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny offline Z-Image pipeline, saved once per session (builds in under a second)."""
+    return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-z-image")

@@ -1,0 +1,56 @@
+"""Local stand-ins for a Supabase project's keys: a JWT secret generated per run, and the
+anon and service-role keys (and user access tokens) signed with it, as Supabase's legacy keys are."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import jwt
+
+ISSUER = "supabase-local"
+TEN_YEARS_S = 10 * 365 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class LocalKeys:
+    jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+
+    def sign(self, claims: dict[str, object]) -> str:
+        return jwt.encode(claims, self.jwt_secret, algorithm="HS256")
+
+    def api_key(self, role: str) -> str:
+        now = int(time.time())
+        return self.sign({"iss": ISSUER, "role": role, "iat": now, "exp": now + TEN_YEARS_S})
+
+    @property
+    def anon_key(self) -> str:
+        return self.api_key("anon")
+
+    @property
+    def service_role_key(self) -> str:
+        return self.api_key("service_role")
+
+    def user_token(self, user_id: str, ttl_s: int = 3600) -> str:
+        """An access token like the one supabase-js holds for a signed-in user."""
+        now = int(time.time())
+        return self.sign(
+            {
+                "iss": ISSUER,
+                "sub": user_id,
+                "aud": "authenticated",
+                "role": "authenticated",
+                "iat": now,
+                "exp": now + ttl_s,
+            }
+        )
+
+    def role_of(self, token: str) -> str | None:
+        """The verified role claim of a token signed with this secret, or None."""
+        try:
+            claims = jwt.decode(token, self.jwt_secret, algorithms=["HS256"], options={"verify_aud": False})
+        except jwt.PyJWTError:
+            return None
+        role = claims.get("role")
+        return role if isinstance(role, str) else None

@@ -1,0 +1,74 @@
+"""Serving an ASGI app with uvicorn inside the running event loop, on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import uvicorn
+from starlette.types import ASGIApp
+
+
+class _QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves signals to the process that embeds it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class LoopbackServer:
+    """start() binds 127.0.0.1 on a free port and returns once listening; stop() closes it."""
+
+    def __init__(self, app: ASGIApp, name: str, port: int = 0) -> None:
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+            ws="none",
+        )
+        self._server = _QuietServer(config)
+        self._name = name
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.servers[0].sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> LoopbackServer:
+        self._task = asyncio.create_task(self._server.serve(), name=f"serve-{self._name}")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises the bind error
+                raise RuntimeError(f"{self._name} server exited before it started")
+            await asyncio.sleep(0.005)
+        return self
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+
+class _DropQuietly(logging.Filter):
+    """Hide the tracebacks of connections the RunPod stand-in drops on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from devstack.runpod_api import DroppedConnection
+
+        return not (record.exc_info and isinstance(record.exc_info[1], DroppedConnection))
+
+
+logging.getLogger("uvicorn.error").addFilter(_DropQuietly())
