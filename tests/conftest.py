@@ -22,8 +22,8 @@ import psycopg
 import pytest
 
 from devstack.postgres import PostgresCluster
-from worker.tiny import build_tiny_pipeline
 from dispatcher.schema import apply_migrations, apply_shim
+from worker.tiny import build_tiny_pipeline
 
 TEMPLATE = "zimage_template"
 _names = itertools.count()

@@ -47,13 +47,20 @@ class WebhookReceiver:
     def __init__(self, status: int = 200) -> None:
         self.status = status
         self.deliveries: list[dict[str, Any]] = []
+        self._arrived = asyncio.Condition()
         self.server = LoopbackServer(
             Starlette(routes=[Route("/hook", self.receive, methods=["POST"])]), "hook"
         )
 
     async def receive(self, request: Request) -> JSONResponse:
         self.deliveries.append(await request.json())
+        async with self._arrived:
+            self._arrived.notify_all()
         return JSONResponse({}, status_code=self.status)
+
+    async def wait_for(self, count: int, timeout_s: float = 5) -> None:
+        async with self._arrived:
+            await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.deliveries) >= count), timeout_s)
 
     @property
     def url(self) -> str:
@@ -155,9 +162,7 @@ async def test_a_duplicate_run_reports_twice(standin: RunPodStandIn, receiver: W
     async with standin.client() as client:
         job_id = await submit(client, {"input": SMALL, "webhook": receiver.url})
         await wait_for_status(client, job_id, {"COMPLETED"})
-    deadline = time.monotonic() + 5
-    while len(receiver.deliveries) < 2 and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    await receiver.wait_for(2)
     await workers.stop()
     assert standin.platform.jobs[job_id].runs == 2
     assert [delivery["id"] for delivery in receiver.deliveries] == [job_id, job_id]
@@ -201,9 +206,7 @@ async def test_webhook_payload_is_the_status_envelope_plus_input(
     async with standin.client() as client:
         job_id = await submit(client, {"input": SMALL, "webhook": receiver.url})
         await wait_for_status(client, job_id, {"COMPLETED"})
-    deadline = time.monotonic() + 5
-    while not receiver.deliveries and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await receiver.wait_for(1)
     await workers.stop()
     (delivery,) = receiver.deliveries
     assert (delivery["id"], delivery["status"], delivery["input"], delivery["webhook"]) == (
@@ -222,9 +225,7 @@ async def test_a_failing_webhook_is_retried_twice(standin: RunPodStandIn, receiv
     async with standin.client() as client:
         job_id = await submit(client, {"input": SMALL, "webhook": receiver.url})
         await wait_for_status(client, job_id, {"COMPLETED"})
-    deadline = time.monotonic() + 5
-    while len(receiver.deliveries) < 3 and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    await receiver.wait_for(3)
     await asyncio.sleep(0.2)  # a fourth delivery would have arrived by now
     await workers.stop()
     assert len(receiver.deliveries) == 3
