@@ -179,13 +179,12 @@ class LocalStorage:
     async def _read_upload(request: Request) -> tuple[bytes, str, str]:
         content_type = request.headers.get("content-type", "application/octet-stream")
         if content_type.startswith("multipart/form-data"):
-            form = await request.form()
-            upload = form.get("file")
-            cache_control = str(form.get("cacheControl") or "3600")
-            if upload is None or isinstance(upload, str):
-                return b"", "text/plain", cache_control
-            data = await upload.read()
-            return data, upload.content_type or "application/octet-stream", cache_control
+            async with request.form() as form:  # closes the spooled upload files
+                upload = form.get("file")
+                cache_control = str(form.get("cacheControl") or "3600")
+                if upload is None or isinstance(upload, str):
+                    return b"", "text/plain", cache_control
+                return await upload.read(), upload.content_type or "application/octet-stream", cache_control
         return await request.body(), content_type.split(";")[0], request.headers.get("cache-control", "3600")
 
     async def download_public(self, request: Request) -> Response:
