@@ -5,18 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
 
 import uvicorn
 from starlette.types import ASGIApp
 
-
-class _QuietServer(uvicorn.Server):
-    """A uvicorn server that leaves signals to the process that embeds it."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+from dispatcher.serving import EmbeddedServer
 
 
 class LoopbackServer:
@@ -32,7 +25,7 @@ class LoopbackServer:
             timeout_graceful_shutdown=2,
             ws="none",
         )
-        self._server = _QuietServer(config)
+        self._server = EmbeddedServer(config)
         self._name = name
         self._task: asyncio.Task[None] | None = None
 

@@ -93,6 +93,7 @@ class LocalStorage:
             Route("/bucket", self.list_buckets, methods=["GET"]),
             Route("/bucket", self.create_bucket, methods=["POST"]),
             Route("/bucket/{bucket}", self.get_bucket, methods=["GET"]),
+            Route("/object/copy", self.copy, methods=["POST"]),
             Route("/object/public/{bucket}/{name:path}", self.download_public, methods=["GET", "HEAD"]),
             Route("/object/info/{bucket}/{name:path}", self.info, methods=["GET"]),
             Route("/object/list/{bucket}", self.list_objects, methods=["POST"]),
@@ -186,6 +187,32 @@ class LocalStorage:
                     return b"", "text/plain", cache_control
                 return await upload.read(), upload.content_type or "application/octet-stream", cache_control
         return await request.body(), content_type.split(";")[0], request.headers.get("cache-control", "3600")
+
+    async def copy(self, request: Request) -> Response:
+        if self.role(request) != "service_role":
+            return storage_error(403, "Unauthorized", "copying needs the service role key")
+        body = await request.json()
+        bucket_id, source, destination = (
+            body.get("bucketId"),
+            body.get("sourceKey"),
+            body.get("destinationKey"),
+        )
+        stored = self.objects.get((bucket_id, source))
+        if stored is None:
+            return storage_error(404, "not_found", "Object not found")
+        if not destination or ".." in PurePosixPath(destination).parts:
+            return storage_error(400, "InvalidKey", f"Invalid key: {destination}")
+        target = self.path_of(bucket_id, destination)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(self.path_of(bucket_id, source).read_bytes())
+        self.objects[(bucket_id, destination)] = StoredObject(
+            str(uuid.uuid4()),
+            stored.content_type,
+            stored.size,
+            stored.cache_control,
+            datetime.now(UTC).isoformat(),
+        )
+        return JSONResponse({"Key": f"{bucket_id}/{destination}"})
 
     async def download_public(self, request: Request) -> Response:
         bucket = self.buckets.get(request.path_params["bucket"])

@@ -86,6 +86,15 @@ class SyntheticWorkers:
             for job in await self.platform.take(self.endpoint_id, worker_id, 1, timeout_s=1.0):
                 await self._run(job, worker_id)
 
+    async def _steps(self, job: Job, worker_id: str, steps: int, seconds: float) -> None:
+        """Spend the execution time step by step, reporting progress as the real worker does."""
+        if seconds <= 0:
+            return
+        for step in range(1, steps + 1):
+            await asyncio.sleep(seconds / steps)
+            progress = {"step": step, "steps": steps, "elapsed_ms": round(seconds / steps * step * 1000)}
+            self.platform.report(job.id, worker_id, {"status": "IN_PROGRESS", "output": progress})
+
     async def _run(self, job: Job, worker_id: str) -> None:
         try:
             request = parse_request(job.input)
@@ -96,8 +105,7 @@ class SyntheticWorkers:
         if self.random.random() < self.platform.faults.rate_worker_death:
             self.platform.abandon(job)  # this worker "dies"; a fresh one takes its place
             return
-        if seconds > 0:
-            await asyncio.sleep(seconds)
+        await self._steps(job, worker_id, request.steps, seconds)
         png = solid_png(request.width, request.height)
         self.platform.report(
             job.id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 
@@ -23,6 +24,17 @@ def _migrate(args: argparse.Namespace) -> int:
             print("applied the local Supabase shim")
         applied = apply_migrations(conn)
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'already up to date'}")
+    return EXIT_OK
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from dispatcher.logs import configure_logging
+    from dispatcher.service import serve_dispatcher
+    from dispatcher.settings import load_dispatcher_settings
+
+    settings = load_dispatcher_settings()
+    configure_logging()
+    asyncio.run(serve_dispatcher(settings, args.host, args.port))
     return EXIT_OK
 
 
@@ -50,6 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
         "never a Supabase project",
     )
     migrate.set_defaults(run=_migrate)
+
+    dispatch = commands.add_parser(
+        "dispatch",
+        help="run the dispatcher (with its webhook, /healthz and /metrics routes)",
+        description="Claim image jobs from DATABASE_URL, run them on RunPod, store the PNGs in Supabase "
+        "Storage, until SIGTERM or Ctrl-C (then jobs in flight get a grace period and the rest are handed "
+        "back). Configured by the environment; see the README's configuration table.",
+    )
+    dispatch.add_argument(
+        "--host", default="127.0.0.1", help="address for the HTTP routes (default 127.0.0.1)"
+    )
+    dispatch.add_argument("--port", type=int, default=8080, help="port for the HTTP routes (default 8080)")
+    dispatch.set_defaults(run=_dispatch)
 
     demo = commands.add_parser(
         "demo",

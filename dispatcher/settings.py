@@ -1,27 +1,80 @@
 """The one typed settings object, read from the environment and an optional .env file.
 
 Nothing else in the code reads os.environ: a missing or malformed value stops
-start-up here, with a message that names the variable.
+start-up here, with a message that names the variable and says where to find it.
 """
 
 from __future__ import annotations
 
-from pydantic import Field, PostgresDsn
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import secrets
+from typing import Annotated
+
+from pydantic import Field, PostgresDsn, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_CONFIG = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
 
 class DatabaseSettings(BaseSettings):
     """What every command that touches the database needs."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    model_config = _CONFIG
 
     database_url: PostgresDsn = Field(
         description="Postgres connection string; on Supabase: Project Settings > Database > "
-        "Connection string (direct or session pooler, port 5432)",
+        "Connection string (direct or session pooler, port 5432: LISTEN needs a session)",
     )
+
+
+class DispatcherSettings(DatabaseSettings):
+    """The dispatcher service."""
+
+    supabase_url: str = Field(description="Project URL; Supabase: Project Settings > API")
+    supabase_service_role_key: SecretStr = Field(
+        description="service_role key (server side only); Supabase: Project Settings > API"
+    )
+    runpod_api_key: SecretStr = Field(description="RunPod API key; RunPod console > Settings > API Keys")
+    runpod_endpoint_id: Annotated[list[str], NoDecode] = Field(
+        description="RunPod endpoint id, or several separated by commas for failover; "
+        "RunPod console > Serverless"
+    )
+    runpod_endpoint_base_url: str = "https://api.runpod.ai/v2"
+    storage_bucket: str = "generated-assets"
+    webhook_public_url: str | None = Field(
+        default=None,
+        description="public base URL of this service, e.g. https://images.example.com; RunPod then POSTs "
+        "results to {url}/runpod/webhook/... instead of being polled",
+    )
+    webhook_secret: SecretStr = Field(default_factory=lambda: SecretStr(secrets.token_urlsafe(32)))
+    dispatcher_id: str = Field(default_factory=lambda: f"dispatcher-{secrets.token_hex(4)}")
+    max_in_flight: int = Field(default=64, ge=1)
+    max_in_flight_per_user: int = Field(default=16, ge=1)
+    lease_seconds: float = Field(default=30, gt=1)
+    sweep_interval_seconds: float = Field(default=5, gt=0)
+    backoff_base_seconds: float = Field(default=2, ge=0)
+    backoff_max_seconds: float = Field(default=60, ge=0)
+    execution_timeout_seconds: float = Field(default=300, gt=0)
+    queue_budget_seconds: float = Field(default=600, gt=0)
+    lost_submit_grace_seconds: float = Field(default=30, ge=0)
+    endpoint_cooldown_seconds: float = Field(default=60, ge=0)
+    reuse_seeded_images: bool = True
+
+    @field_validator("runpod_endpoint_id", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            ids = [part.strip() for part in value.split(",") if part.strip()]
+            if not ids:
+                raise ValueError("give at least one endpoint id")
+            return ids
+        return value
 
 
 def load_database_settings() -> DatabaseSettings:
     # Deliberately no arguments: pydantic-settings fills the fields from the
     # environment, which mypy cannot see.
     return DatabaseSettings()  # type: ignore[call-arg]
+
+
+def load_dispatcher_settings() -> DispatcherSettings:
+    return DispatcherSettings()  # type: ignore[call-arg]

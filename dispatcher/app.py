@@ -1,0 +1,56 @@
+"""The dispatcher's HTTP routes: RunPod's webhook, /healthz and /metrics."""
+
+from __future__ import annotations
+
+import json
+from uuid import UUID
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg_pool import AsyncConnectionPool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dispatcher.core import Dispatcher
+from dispatcher.webhook import token_is_valid
+
+
+def dispatcher_routes(dispatcher: Dispatcher, pool: AsyncConnectionPool) -> list[Route]:
+    secret = dispatcher.settings.webhook_secret.get_secret_value()
+
+    async def runpod_webhook(request: Request) -> Response:
+        try:
+            job_id, attempt = UUID(request.path_params["job_id"]), int(request.path_params["attempt"])
+        except ValueError:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        if not token_is_valid(secret, job_id, attempt, request.query_params.get("token", "")):
+            return JSONResponse({"error": "invalid webhook token"}, status_code=401)
+        try:
+            payload = json.loads(await request.body())
+        except json.JSONDecodeError:
+            return JSONResponse({"error": "body is not JSON"}, status_code=400)
+        if not isinstance(payload, dict):
+            return JSONResponse({"error": "body is not a JSON object"}, status_code=400)
+        if not dispatcher.deliver_webhook(job_id, attempt, payload):
+            # Another replica runs this job: wake it (it confirms with one status call).
+            async with pool.connection() as conn:
+                await conn.execute("select pg_notify('image_job_completed', %s)", (str(job_id),))
+        return JSONResponse({"received": True})
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "dispatcher_id": dispatcher.settings.dispatcher_id,
+                "in_flight": len(dispatcher.active),
+            }
+        )
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return [
+        Route("/runpod/webhook/{job_id}/{attempt}", runpod_webhook, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]

@@ -1,0 +1,158 @@
+"""Domain types and the one exception hierarchy of the dispatcher.
+
+    DispatchError
+    ├── RunPodError
+    │   ├── RunPodUnavailable    retryable: connection refused, timeout, 429, 5xx
+    │   │   └── RunPodThrottled  429, with the Retry-After RunPod asked for
+    │   ├── RunPodOutcomeUnknown the request may have been carried out, its answer was lost
+    │   ├── RunPodRejected       a 4xx other than 404/429: never retried
+    │   └── RunPodJobGone        404: unknown job, result expired or ttl passed
+    ├── StorageError             upload failed (retryable)
+    └── BadResult                the worker's output is not a PNG of the requested size
+
+Whether a failure is worth another attempt is a property of the type, never
+read from a message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+
+class JobStatus(StrEnum):
+    """Mirrors image_jobs.status."""
+
+    QUEUED = "queued"
+    SUBMITTED = "submitted"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class DispatchError(Exception):
+    retryable: bool = True
+
+
+class RunPodError(DispatchError):
+    pass
+
+
+class RunPodUnavailable(RunPodError):
+    pass
+
+
+class RunPodThrottled(RunPodUnavailable):
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RunPodOutcomeUnknown(RunPodError):
+    pass
+
+
+class RunPodRejected(RunPodError):
+    retryable = False
+
+
+class RunPodJobGone(RunPodError):
+    pass
+
+
+class StorageError(DispatchError):
+    pass
+
+
+class BadResult(DispatchError):
+    pass
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: UUID
+    batch_id: UUID
+    user_id: UUID | None
+    position: int
+    prompt: str
+    quality: str
+    aspect_ratio: str
+    seed: int | None
+    attempts: int
+    max_attempts: int
+    width: int
+    height: int
+    steps: int
+    runpod_job_id: str | None
+    runpod_endpoint_id: str | None
+    previous_status: str
+    created_at: datetime
+    project_id: str | None
+    timing: dict[str, Any] | None
+
+    @property
+    def size_key(self) -> tuple[str, int, int]:
+        """What the latency model learns by: quality and pixel size."""
+        return (self.quality, self.width, self.height)
+
+    def worker_input(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "prompt": self.prompt,
+            "quality": self.quality,
+            "aspectRatio": self.aspect_ratio,
+        }
+        if self.seed is not None:
+            payload["seed"] = self.seed
+        return payload
+
+
+@dataclass(frozen=True)
+class RunPodState:
+    """One /status answer (or a webhook's payload)."""
+
+    id: str
+    status: str
+    delay_ms: int | None = None
+    execution_ms: int | None = None
+    output: Any = None
+    error: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunPodState:
+        return cls(
+            id=str(data.get("id", "")),
+            status=str(data.get("status", "")),
+            delay_ms=data.get("delayTime"),
+            execution_ms=data.get("executionTime"),
+            output=data.get("output"),
+            error=data.get("error"),
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.status in {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """A FAILED job's error, read by the worker's error contract (see worker/errors.py)."""
+
+    message: str
+    retryable: bool
+
+    @classmethod
+    def parse(cls, error: str | None) -> WorkerFailure:
+        try:
+            data = json.loads(error or "")
+        except json.JSONDecodeError:
+            return cls(error or "the worker failed without a message", True)
+        if not isinstance(data, dict):
+            return cls(str(error), True)
+        message = str(data.get("error_message") or data.get("error_type") or error)
+        # Errors without the flag come from the SDK or the platform: bounded retries.
+        return cls(message, bool(data.get("retryable", True)))

@@ -1,0 +1,180 @@
+"""The GPU endpoint adapter: RunPod's serverless API over one pooled httpx client.
+
+Retries are tenacity's, with every choice explicit: exponential backoff with
+jitter, Retry-After honoured on 429, a bounded number of attempts, and only on
+the named retryable errors. A submit whose answer was lost is NOT retried here
+(RunPod has no idempotency key): the caller decides, see core.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from dispatcher.domain import (
+    RunPodJobGone,
+    RunPodOutcomeUnknown,
+    RunPodRejected,
+    RunPodState,
+    RunPodThrottled,
+    RunPodUnavailable,
+)
+from dispatcher.metrics import RUNPOD_CALLS
+
+log = structlog.get_logger("dispatcher.runpod")
+
+# Sent means the server may have acted on it; not sent means it certainly did not.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_ANSWER_LOST = (
+    httpx.ReadTimeout,
+    httpx.WriteTimeout,
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx.WriteError,
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6
+    initial_wait_s: float = 0.2
+    max_wait_s: float = 10.0
+    max_retry_after_s: float = 30.0
+
+
+def http_client(max_connections: int = 256) -> httpx.AsyncClient:
+    """The dispatcher's one pooled client, with explicit timeouts."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=10.0),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+    )
+
+
+class RunPodClient:
+    def __init__(
+        self, http: httpx.AsyncClient, base_url: str, api_key: str, policy: RetryPolicy | None = None
+    ) -> None:
+        self._http = http
+        self._base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._policy = policy or RetryPolicy()
+        self._paused_until: dict[str, float] = {}  # per endpoint, after a 429
+        self._backoff = wait_exponential_jitter(
+            multiplier=self._policy.initial_wait_s, max=self._policy.max_wait_s
+        )
+
+    async def submit(self, endpoint_id: str, payload: dict[str, Any]) -> str:
+        data = await self._retrying((RunPodUnavailable,), endpoint_id, "POST", "run", payload)
+        return str(data["id"])
+
+    async def status(self, endpoint_id: str, job_id: str) -> RunPodState:
+        idempotent = (RunPodUnavailable, RunPodOutcomeUnknown)
+        data = await self._retrying(idempotent, endpoint_id, "GET", f"status/{job_id}")
+        return RunPodState.from_json(data)
+
+    async def cancel(self, endpoint_id: str, job_id: str) -> None:
+        idempotent = (RunPodUnavailable, RunPodOutcomeUnknown)
+        await self._retrying(idempotent, endpoint_id, "POST", f"cancel/{job_id}")
+
+    async def _retrying(
+        self,
+        retry_on: tuple[type[Exception], ...],
+        endpoint_id: str,
+        method: str,
+        path: str,
+        body: Any = None,
+    ) -> dict[str, Any]:
+        """One RunPod call, retried on the named errors only."""
+        policy, backoff = self._policy, self._backoff
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            if isinstance(error, RunPodThrottled):
+                return min(error.retry_after_s, policy.max_retry_after_s)
+            return float(backoff(state))
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.attempts),
+            wait=wait,
+            retry=retry_if_exception_type(retry_on),
+            reraise=True,
+        )
+        result: dict[str, Any] = await retrying(self._call, endpoint_id, method, path, body)
+        return result
+
+    async def _call(self, endpoint_id: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        if (pause := self._paused_until.get(endpoint_id, 0.0) - time.monotonic()) > 0:
+            await asyncio.sleep(pause)  # the whole endpoint backs off after a 429
+        route = path.split("/")[0]
+        try:
+            response = await self._http.request(
+                method, f"{self._base_url}/{endpoint_id}/{path}", json=body, headers=self._headers
+            )
+        except _NOT_SENT as exc:
+            RUNPOD_CALLS.labels(route=route, status="unreachable").inc()
+            raise RunPodUnavailable(f"RunPod {route}: {type(exc).__name__}") from exc
+        except _ANSWER_LOST as exc:
+            RUNPOD_CALLS.labels(route=route, status="answer_lost").inc()
+            raise RunPodOutcomeUnknown(f"RunPod {route}: the answer was lost ({type(exc).__name__})") from exc
+        RUNPOD_CALLS.labels(route=route, status=str(response.status_code)).inc()
+        return self._answer(endpoint_id, route, response)
+
+    def _answer(self, endpoint_id: str, route: str, response: httpx.Response) -> dict[str, Any]:
+        status = response.status_code
+        if status == 429:
+            retry_after = _retry_after(response)
+            self._paused_until[endpoint_id] = time.monotonic() + retry_after
+            raise RunPodThrottled(f"RunPod {route}: 429, retry after {retry_after:g} s", retry_after)
+        if status >= 500:
+            raise RunPodUnavailable(f"RunPod {route}: {status}")
+        if status == 404:
+            raise RunPodJobGone(f"RunPod {route}: 404 {response.text[:200]}")
+        if status >= 400:
+            raise RunPodRejected(f"RunPod {route}: {status} {response.text[:200]}")
+        data: dict[str, Any] = response.json()
+        return data
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return max(float(response.headers.get("retry-after", "1")), 0.0)
+    except ValueError:
+        return 1.0
+
+
+class EndpointPool:
+    """Failover across endpoint ids: the first one not cooling down after repeated failures."""
+
+    def __init__(self, endpoint_ids: list[str], cooldown_s: float, failures_to_trip: int = 3) -> None:
+        self.endpoint_ids = endpoint_ids
+        self.cooldown_s = cooldown_s
+        self.failures_to_trip = failures_to_trip
+        self._failures = dict.fromkeys(endpoint_ids, 0)
+        self._cooling_until = dict.fromkeys(endpoint_ids, 0.0)
+
+    def pick(self) -> str:
+        now = time.monotonic()
+        healthy = [endpoint for endpoint in self.endpoint_ids if self._cooling_until[endpoint] <= now]
+        return healthy[0] if healthy else min(self.endpoint_ids, key=self._cooling_until.__getitem__)
+
+    def succeeded(self, endpoint_id: str) -> None:
+        self._failures[endpoint_id] = 0
+
+    def failed(self, endpoint_id: str) -> None:
+        self._failures[endpoint_id] += 1
+        if self._failures[endpoint_id] >= self.failures_to_trip:
+            self._cooling_until[endpoint_id] = time.monotonic() + self.cooldown_s
+            self._failures[endpoint_id] = 0
+            log.warning("endpoint.cooling_down", endpoint_id=endpoint_id, seconds=self.cooldown_s)

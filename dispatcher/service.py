@@ -1,0 +1,99 @@
+"""Wiring the dispatcher from its settings, and running it until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import structlog
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+
+from dispatcher.app import dispatcher_routes
+from dispatcher.core import Dispatcher
+from dispatcher.runpod import RetryPolicy, RunPodClient, http_client
+from dispatcher.settings import DispatcherSettings
+from dispatcher.storage import SupabaseStorage
+from dispatcher.store import PostgresJobStore, connection_pool
+from dispatcher.wakeup import PostgresListener
+
+log = structlog.get_logger("dispatcher.service")
+
+
+@dataclass
+class Service:
+    dispatcher: Dispatcher
+    pool: AsyncConnectionPool
+    http: httpx.AsyncClient
+    listener: PostgresListener
+
+    def app(self) -> Starlette:
+        return Starlette(routes=dispatcher_routes(self.dispatcher, self.pool))
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    settings: DispatcherSettings, retry: RetryPolicy | None = None, stop_grace_s: float = 10.0
+) -> AsyncIterator[Service]:
+    """Start the dispatcher (claim loop, lease renewer, LISTEN) and stop it gracefully on exit."""
+    pool = connection_pool(str(settings.database_url))
+    http = http_client()
+    await pool.open(wait=True, timeout=30)
+    store = PostgresJobStore(pool, settings.dispatcher_id, settings.lease_seconds)
+    runpod = RunPodClient(
+        http, settings.runpod_endpoint_base_url, settings.runpod_api_key.get_secret_value(), retry
+    )
+    storage = SupabaseStorage(
+        http,
+        settings.supabase_url,
+        settings.supabase_service_role_key.get_secret_value(),
+        settings.storage_bucket,
+    )
+    dispatcher = Dispatcher(settings, store, runpod, storage)
+    listener = PostgresListener(
+        str(settings.database_url),
+        {"image_jobs_queued": dispatcher.wake, "image_job_completed": dispatcher.hint_completed},
+        on_connect=dispatcher.wake,
+    )
+    tasks = [
+        asyncio.create_task(dispatcher.run(), name="dispatcher"),
+        asyncio.create_task(listener.run(), name="listener"),
+    ]
+    log.info(
+        "dispatcher.started",
+        dispatcher_id=settings.dispatcher_id,
+        endpoints=settings.runpod_endpoint_id,
+        webhook=bool(settings.webhook_public_url),
+    )
+    try:
+        yield Service(dispatcher, pool, http, listener)
+    finally:
+        await dispatcher.stop(stop_grace_s)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await http.aclose()
+        await pool.close()
+
+
+async def serve_dispatcher(settings: DispatcherSettings, host: str, port: int) -> None:
+    """``zimage dispatch``: the dispatcher and its webhook/health/metrics routes, until SIGTERM or Ctrl-C."""
+    import uvicorn
+
+    from dispatcher.serving import EmbeddedServer
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    async with running_service(settings) as service:
+        config = uvicorn.Config(service.app(), host=host, port=port, log_level="warning", lifespan="off")
+        server = EmbeddedServer(config)
+        serving = asyncio.create_task(server.serve(), name="http")
+        await stopping.wait()
+        server.should_exit = True
+        await serving

@@ -1,0 +1,122 @@
+-- The dispatcher's queries, by name. Transitions that finish a job live in SQL
+-- functions (supabase/migrations/*_dispatcher_state_machine.sql).
+
+-- name: claim
+-- Due queued jobs and in-flight jobs whose lease expired (their dispatcher died),
+-- fairly across users: each user's oldest jobs first, round-robin, up to the
+-- per-user cap counting what that user already has in flight.
+with due as (
+    select id, user_id, created_at, status
+      from public.image_jobs
+     where status = 'queued' and run_after <= now()
+     order by run_after
+     limit %(scan)s
+       for update skip locked
+), orphaned as (
+    select id, user_id, created_at, status
+      from public.image_jobs
+     where status in ('submitted', 'running') and lease_expires_at < now()
+     order by lease_expires_at
+     limit %(scan)s
+       for update skip locked
+), candidates as (
+    select * from due union all select * from orphaned
+), busy as (
+    select user_id, count(*) as n
+      from public.image_jobs
+     where status in ('submitted', 'running') and lease_expires_at >= now()
+       and user_id in (select user_id from candidates)
+     group by user_id
+), chosen as (
+    select c.id, c.status as previous_status
+      from (select candidates.*, row_number() over (partition by user_id order by created_at) as rank
+              from candidates) c
+      left join busy b on b.user_id = c.user_id
+     where c.rank + coalesce(b.n, 0) <= %(per_user)s
+     order by c.rank + coalesce(b.n, 0), c.created_at
+     limit %(limit)s
+), claimed as (
+    update public.image_jobs j
+       set lease_owner = %(owner)s,
+           lease_expires_at = now() + make_interval(secs => %(lease_s)s),
+           status = case when chosen.previous_status = 'queued' then 'submitted' else j.status end,
+           attempts = j.attempts + (chosen.previous_status = 'queued')::int,
+           runpod_job_id = case when chosen.previous_status = 'queued' then null else j.runpod_job_id end,
+           runpod_endpoint_id = case when chosen.previous_status = 'queued' then null
+                                     else j.runpod_endpoint_id end
+      from chosen
+     where j.id = chosen.id
+    returning j.*, chosen.previous_status
+), events as (
+    insert into public.image_job_events (batch_id, job_id, kind, payload)
+    select batch_id, id, case when previous_status = 'queued' then 'claimed' else 'resumed' end,
+           jsonb_build_object('attempt', attempts, 'runpod_job_id', runpod_job_id)
+      from claimed
+)
+select c.id, c.batch_id, c.user_id, c.position, c.prompt, c.quality, c.aspect_ratio, c.seed,
+       c.attempts, c.max_attempts, c.width, c.height, c.steps, c.runpod_job_id, c.runpod_endpoint_id,
+       c.submitted_at, c.created_at, c.previous_status, b.project_id, b.timings -> c.position as timing
+  from claimed c join public.image_batches b on b.id = c.batch_id;
+
+-- name: mark_submitted
+with updated as (
+    update public.image_jobs
+       set runpod_job_id = %(runpod_job_id)s, runpod_endpoint_id = %(endpoint_id)s, submitted_at = now()
+     where id = %(id)s and lease_owner = %(owner)s and status = 'submitted'
+    returning id, batch_id, attempts
+)
+insert into public.image_job_events (batch_id, job_id, kind, payload)
+select batch_id, id, 'submitted',
+       jsonb_build_object('attempt', attempts, 'runpod_job_id', %(runpod_job_id)s, 'endpoint_id', %(endpoint_id)s)
+  from updated
+returning job_id;
+
+-- name: mark_running
+with updated as (
+    update public.image_jobs
+       set status = 'running', started_at = now()
+     where id = %(id)s and lease_owner = %(owner)s and status = 'submitted'
+    returning id, batch_id
+)
+insert into public.image_job_events (batch_id, job_id, kind, payload)
+select batch_id, id, 'running', '{}'::jsonb from updated
+returning job_id;
+
+-- name: resubmit
+-- A new attempt for a job whose submission or result was lost; counted and explained.
+with updated as (
+    update public.image_jobs
+       set attempts = attempts + 1, resubmissions = resubmissions + 1, status = 'submitted',
+           runpod_job_id = null, runpod_endpoint_id = null
+     where id = %(id)s and lease_owner = %(owner)s and status in ('submitted', 'running')
+    returning id, batch_id, attempts
+)
+insert into public.image_job_events (batch_id, job_id, kind, payload)
+select batch_id, id, 'resubmitted', jsonb_build_object('attempt', attempts, 'reason', %(reason)s::text)
+  from updated
+returning (select attempts from updated);
+
+-- name: renew_leases
+update public.image_jobs
+   set lease_expires_at = now() + make_interval(secs => %(lease_s)s)
+ where lease_owner = %(owner)s and id = any(%(ids)s) and status in ('submitted', 'running')
+returning id;
+
+-- name: release_leases
+-- Graceful shutdown: hand in-flight jobs back at once, RunPod job ids kept, so
+-- another dispatcher resumes polling them instead of paying for a second run.
+update public.image_jobs
+   set lease_expires_at = now() - interval '1 second'
+ where lease_owner = %(owner)s and id = any(%(ids)s) and status in ('submitted', 'running')
+returning id;
+
+-- name: job_status
+select status from public.image_jobs where id = %(id)s;
+
+-- name: find_reusable
+select id, image_url, storage_path, width, height, steps
+  from public.image_jobs
+ where md5(prompt) = md5(%(prompt)s) and prompt = %(prompt)s and quality = %(quality)s
+   and aspect_ratio = %(aspect_ratio)s and seed = %(seed)s and status = 'succeeded'
+   and storage_path is not null
+ limit 1;

@@ -1,0 +1,175 @@
+"""The job store adapter: image_jobs in Postgres through a psycopg 3 connection pool.
+
+Every method is one guarded statement (or one call of a state-machine function):
+it changes a row only if this dispatcher holds its lease and the row is in the
+expected state, and says whether it did.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from dispatcher.domain import ClaimedJob
+from dispatcher.queries import QUERIES
+
+
+def connection_pool(database_url: str, max_size: int = 8) -> AsyncConnectionPool:
+    return AsyncConnectionPool(
+        database_url,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        kwargs={"autocommit": True},
+        reconnect_timeout=60,
+    )
+
+
+class PostgresJobStore:
+    def __init__(self, pool: AsyncConnectionPool, owner: str, lease_s: float) -> None:
+        self.pool = pool
+        self.owner = owner
+        self.lease_s = lease_s
+
+    async def claim(self, limit: int, per_user: int) -> list[ClaimedJob]:
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(
+                QUERIES["claim"],
+                {
+                    "owner": self.owner,
+                    "lease_s": self.lease_s,
+                    "limit": limit,
+                    "per_user": per_user,
+                    "scan": max(limit * 4, 64),
+                },
+            )
+            rows = await cursor.fetchall()
+        return [_claimed(row) for row in rows]
+
+    async def mark_submitted(self, job_id: UUID, runpod_job_id: str, endpoint_id: str) -> bool:
+        return await self._changed(
+            "mark_submitted", id=job_id, runpod_job_id=runpod_job_id, endpoint_id=endpoint_id
+        )
+
+    async def mark_running(self, job_id: UUID) -> bool:
+        return await self._changed("mark_running", id=job_id)
+
+    async def resubmit(self, job_id: UUID, reason: str) -> int | None:
+        """Start a new attempt; returns its number, or None if this dispatcher lost the job."""
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(QUERIES["resubmit"], {"id": job_id, "owner": self.owner, "reason": reason})
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    async def succeed(
+        self,
+        job: ClaimedJob,
+        *,
+        image_url: str,
+        storage_path: str,
+        width: int,
+        height: int,
+        steps: int,
+        seed: int | None,
+        timings: dict[str, Any],
+        status_polls: int,
+        reused_from: UUID | None = None,
+    ) -> bool:
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "select public.dispatcher_succeed_job(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        job.id,
+                        self.owner,
+                        image_url,
+                        storage_path,
+                        width,
+                        height,
+                        steps,
+                        seed,
+                        Jsonb(timings),
+                        status_polls,
+                        reused_from,
+                    ),
+                )
+            ).fetchone()
+        return bool(row and row[0])
+
+    async def fail(
+        self,
+        job: ClaimedJob,
+        error: str,
+        *,
+        retryable: bool,
+        status_polls: int,
+        backoff_base_s: float,
+        backoff_max_s: float,
+    ) -> str | None:
+        """'queued' (to be retried), 'failed', or None if this dispatcher lost the job."""
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "select public.dispatcher_fail_job(%s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        job.id,
+                        self.owner,
+                        error[:2000],
+                        retryable,
+                        status_polls,
+                        backoff_base_s,
+                        backoff_max_s,
+                    ),
+                )
+            ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    async def renew_leases(self, job_ids: list[UUID]) -> set[UUID]:
+        """Extend the leases still ours; returns the ids renewed."""
+        return await self._ids("renew_leases", job_ids)
+
+    async def release_leases(self, job_ids: list[UUID]) -> set[UUID]:
+        return await self._ids("release_leases", job_ids)
+
+    async def status_of(self, job_id: UUID) -> str | None:
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(QUERIES["job_status"], {"id": job_id})).fetchone()
+        return None if row is None else str(row[0])
+
+    async def find_reusable(self, job: ClaimedJob) -> dict[str, Any] | None:
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(
+                QUERIES["find_reusable"],
+                {
+                    "prompt": job.prompt,
+                    "quality": job.quality,
+                    "aspect_ratio": job.aspect_ratio,
+                    "seed": job.seed,
+                },
+            )
+            return await cursor.fetchone()
+
+    async def _changed(self, query: str, **params: Any) -> bool:
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(QUERIES[query], {"owner": self.owner, **params})).fetchone()
+        return row is not None
+
+    async def _ids(self, query: str, job_ids: list[UUID]) -> set[UUID]:
+        if not job_ids:
+            return set()
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    QUERIES[query], {"owner": self.owner, "ids": job_ids, "lease_s": self.lease_s}
+                )
+            ).fetchall()
+        return {row[0] for row in rows}
+
+
+def _claimed(row: dict[str, Any]) -> ClaimedJob:
+    return ClaimedJob(**{name: row[name] for name in ClaimedJob.__dataclass_fields__})
