@@ -189,7 +189,7 @@ class FaultInjection:
             await self.app(scope, receive, send)
             return
         route = parts[3]
-        faults, draw = self.platform.faults, self.platform.random.random
+        faults, draw = self.platform.faults_for(parts[2]), self.platform.random.random
         counted = self._counting(route, send)
         if route not in PUBLIC_ROUTES:
             await self.app(scope, receive, counted)

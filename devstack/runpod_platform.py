@@ -172,6 +172,7 @@ class Platform:
         self.webhook_retries = webhook_retries
         self.webhook_retry_delay_s = webhook_retry_delay_s
         self.faults = faults or Faults()
+        self.endpoint_faults: dict[str, Faults] = {}  # overrides for one endpoint (failover tests)
         self.counters = Counters()
         self.rate_limiter = RateLimiter()
         self.random = random.Random(seed)
@@ -209,6 +210,9 @@ class Platform:
         task = asyncio.create_task(coroutine, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def faults_for(self, endpoint_id: str) -> Faults:
+        return self.endpoint_faults.get(endpoint_id, self.faults)
 
     # ---- public API ------------------------------------------------------------------
     async def submit(self, endpoint_id: str, body: dict[str, Any]) -> Job:

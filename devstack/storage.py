@@ -10,6 +10,7 @@ types) are enforced as Supabase enforces them.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -80,6 +81,7 @@ class LocalStorage:
         self.keys = keys
         self.buckets: dict[str, Bucket] = {}
         self.objects: dict[tuple[str, str], StoredObject] = {}
+        self.writes: Counter[tuple[str, str]] = Counter()  # uploads per object, for tests
 
     def path_of(self, bucket: str, name: str) -> Path:
         return self.root / bucket / name
@@ -174,6 +176,7 @@ class LocalStorage:
             str(uuid.uuid4()), content_type, len(content), cache_control, datetime.now(UTC).isoformat()
         )
         self.objects[(bucket.id, name)] = stored
+        self.writes[(bucket.id, name)] += 1
         return JSONResponse({"Key": f"{bucket.id}/{name}", "Id": stored.id})
 
     @staticmethod
