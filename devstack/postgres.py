@@ -136,7 +136,17 @@ class PostgresCluster:
 
     def restart(self) -> None:
         """Restart in place (same port and data), for tests of reconnection."""
-        self._run("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "restart")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.datadir),
+            "-m",
+            "fast",
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "restart",
+        )
 
     def _run(self, tool: str, *args: str) -> None:
         subprocess.run(
