@@ -8,8 +8,10 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from devstack.stack import Devstack, DevstackConfig
+if TYPE_CHECKING:
+    from devstack.stack import Devstack
 
 
 def add_devstack_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,6 +58,8 @@ def add_devstack_commands(commands: argparse._SubParsersAction[argparse.Argument
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from devstack.stack import Devstack, DevstackConfig
+
     config = DevstackConfig(
         synthetic=args.synthetic,
         workers=args.workers,

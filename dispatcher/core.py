@@ -43,7 +43,7 @@ from dispatcher.metrics import (
     STATUS_POLLS_PER_JOB,
 )
 from dispatcher.naming import storage_path
-from dispatcher.polling import LatencyModel, PollSchedule
+from dispatcher.polling import FixedSchedule, LatencyModel, PollSchedule
 from dispatcher.runpod import EndpointPool, RunPodClient
 from dispatcher.settings import DispatcherSettings
 from dispatcher.storage import SupabaseStorage
@@ -281,12 +281,7 @@ class Dispatcher:
     async def _await_completion(self, run: JobRun, job_log: Any) -> RunPodState:
         assert run.runpod_job_id is not None
         assert run.endpoint_id is not None
-        schedule = PollSchedule(
-            self.model,
-            run.job.size_key,
-            submitted_at=run.submitted_at or time.monotonic(),
-            webhook=bool(self.settings.webhook_public_url),
-        )
+        schedule = self._schedule(run)
         budget_ends = (
             schedule.submitted_at
             + self.settings.queue_budget_seconds
@@ -314,6 +309,14 @@ class Dispatcher:
                 await self._cancel_on_runpod(run)
                 raise RunPodUnavailable("the job exceeded its time budget on RunPod and was cancelled")
             delay = schedule.next_delay(state)
+
+    def _schedule(self, run: JobRun) -> PollSchedule:
+        submitted_at = run.submitted_at or time.monotonic()
+        if (interval := self.settings.fixed_poll_interval_seconds) is not None:
+            return FixedSchedule(self.model, run.job.size_key, submitted_at, interval_s=interval)
+        return PollSchedule(
+            self.model, run.job.size_key, submitted_at, webhook=bool(self.settings.webhook_public_url)
+        )
 
     async def _settle(self, run: JobRun, state: RunPodState, job_log: Any) -> None:
         job, seen = run.job, time.monotonic()

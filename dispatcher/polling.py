@@ -105,3 +105,17 @@ def _progress(output: Any) -> tuple[int, int, float] | None:
     if step <= 0 or steps < step:
         return None
     return step, steps, elapsed_ms / 1000
+
+
+@dataclass
+class FixedSchedule(PollSchedule):
+    """The old services' plan: the same interval, whatever the job. Kept for comparison."""
+
+    interval_s: float = 3.0
+
+    def first_delay(self) -> float:
+        return self.interval_s
+
+    def next_delay(self, state: RunPodState, now: float | None = None) -> float:
+        self.polls += 1
+        return self.interval_s

@@ -8,14 +8,13 @@ import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
 import structlog
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 
 from dispatcher.app import dispatcher_routes
 from dispatcher.core import Dispatcher
-from dispatcher.runpod import RetryPolicy, RunPodClient, http_client
+from dispatcher.runpod import HttpShards, RetryPolicy, RunPodClient, http_client
 from dispatcher.settings import DispatcherSettings
 from dispatcher.storage import SupabaseStorage
 from dispatcher.store import PostgresJobStore, connection_pool
@@ -28,7 +27,7 @@ log = structlog.get_logger("dispatcher.service")
 class Service:
     dispatcher: Dispatcher
     pool: AsyncConnectionPool
-    http: httpx.AsyncClient
+    http: HttpShards
     listener: PostgresListener
 
     def app(self) -> Starlette:
@@ -41,14 +40,14 @@ async def running_service(
 ) -> AsyncIterator[Service]:
     """Start the dispatcher (claim loop, lease renewer, LISTEN) and stop it gracefully on exit."""
     pool = connection_pool(str(settings.database_url))
-    http = http_client()
+    http, storage_http = HttpShards(), http_client()
     await pool.open(wait=True, timeout=30)
     store = PostgresJobStore(pool, settings.dispatcher_id, settings.lease_seconds)
     runpod = RunPodClient(
         http, settings.runpod_endpoint_base_url, settings.runpod_api_key.get_secret_value(), retry
     )
     storage = SupabaseStorage(
-        http,
+        storage_http,
         settings.supabase_url,
         settings.supabase_service_role_key.get_secret_value(),
         settings.storage_bucket,
@@ -59,10 +58,9 @@ async def running_service(
         {"image_jobs_queued": dispatcher.wake, "image_job_completed": dispatcher.hint_completed},
         on_connect=dispatcher.wake,
     )
-    tasks = [
-        asyncio.create_task(dispatcher.run(), name="dispatcher"),
-        asyncio.create_task(listener.run(), name="listener"),
-    ]
+    tasks = [asyncio.create_task(dispatcher.run(), name="dispatcher")]
+    if settings.wakeup_source == "postgres":
+        tasks.append(asyncio.create_task(listener.run(), name="listener"))
     log.info(
         "dispatcher.started",
         dispatcher_id=settings.dispatcher_id,
@@ -77,6 +75,7 @@ async def running_service(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await http.aclose()
+        await storage_http.aclose()
         await pool.close()
 
 

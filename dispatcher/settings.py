@@ -7,7 +7,7 @@ start-up here, with a message that names the variable and says where to find it.
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, PostgresDsn, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -58,6 +58,15 @@ class DispatcherSettings(DatabaseSettings):
     lost_submit_grace_seconds: float = Field(default=30, ge=0)
     endpoint_cooldown_seconds: float = Field(default=60, ge=0)
     reuse_seeded_images: bool = True
+    fixed_poll_interval_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="poll every N seconds instead of adaptively (the old service's way; for comparison)",
+    )
+    wakeup_source: Literal["postgres", "none"] = Field(
+        default="postgres",
+        description="postgres: LISTEN (needs a direct or session-pooled DATABASE_URL); none: the sweep alone",
+    )
 
     @field_validator("runpod_endpoint_id", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from devstack.postgres import PostgresCluster
+from dispatcher.schema import migration_files
 
 
 def zimage(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -29,7 +30,7 @@ def test_migrate_with_shim_on_a_vanilla_database(postgres: PostgresCluster) -> N
     env = {"DATABASE_URL": postgres.dsn("cli_migrate")}
     first = zimage("migrate", "--shim", env=env)
     assert first.returncode == 0, first.stderr
-    assert "applied 4 migration(s)" in first.stdout
+    assert f"applied {len(migration_files())} migration(s)" in first.stdout
     again = zimage("migrate", env=env)
     assert again.returncode == 0, again.stderr
     assert "already up to date" in again.stdout
