@@ -108,8 +108,8 @@ class DispatcherProcess:
 
 
 @contextlib.asynccontextmanager
-async def dispatcher_process(environment: dict[str, str]) -> AsyncIterator[DispatcherProcess]:
-    port = free_port()
+async def dispatcher_process(environment: dict[str, str], port: int = 0) -> AsyncIterator[DispatcherProcess]:
+    port = port or free_port()
     log = Path(tempfile.mkdtemp(prefix="zimage-bench-")) / "dispatcher.log"
     with log.open("wb") as output:
         process = subprocess.Popen(  # noqa: ASYNC220 (started once, before the measurement)

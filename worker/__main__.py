@@ -34,7 +34,11 @@ def main() -> None:
 
     settings = WorkerSettings.from_env(os.environ)
     generator = ImageGenerator.load(settings)
-    handler = make_handler(generator, refresh_worker_on_oom=settings.refresh_worker_on_oom)
+    handler = make_handler(
+        generator,
+        refresh_worker_on_oom=settings.refresh_worker_on_oom,
+        report_progress=runpod.serverless.progress_update if settings.on_platform else None,
+    )
     runpod.serverless.start({"handler": handler})
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 
 from worker.errors import OutOfMemory, OutputTooLarge, WorkerError
-from worker.pipeline import ImageGenerator
+from worker.pipeline import ImageGenerator, StepCallback
 from worker.request import parse_request
 
 # RunPod accepts results up to about 10 MB through /run; keep a margin for the envelope.
@@ -20,16 +20,23 @@ log = structlog.get_logger("worker.handler")
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
+# How a job's progress reaches RunPod (runpod.serverless.progress_update on the platform).
+ProgressReporter = Callable[[dict[str, Any], dict[str, Any]], None]
+PROGRESS_INTERVAL_S = 0.5
+
+
 def make_handler(
     generator: ImageGenerator,
     *,
     refresh_worker_on_oom: bool = True,
     max_output_bytes: int = MAX_OUTPUT_BASE64_BYTES,
+    report_progress: ProgressReporter | None = None,
 ) -> Handler:
     def handle(job: dict[str, Any]) -> dict[str, Any]:
         job_log = log.bind(job_id=job.get("id"))
+        on_step = _progress(job, report_progress) if report_progress is not None else None
         try:
-            return _generate(generator, job.get("input"), job_log, max_output_bytes)
+            return _generate(generator, job.get("input"), job_log, max_output_bytes, on_step)
         except WorkerError as error:
             job_log.warning(
                 "job.failed", error_type=error.error_type, retryable=error.retryable, error=str(error)
@@ -44,11 +51,29 @@ def make_handler(
     return handle
 
 
+def _progress(job: dict[str, Any], report: ProgressReporter) -> StepCallback:
+    """Report the first step, then at most every PROGRESS_INTERVAL_S: the dispatcher predicts
+    the finish from it (elapsed / step * steps) and polls once, just after."""
+    last = -PROGRESS_INTERVAL_S
+
+    def on_step(step: int, steps: int, elapsed_s: float) -> None:
+        nonlocal last
+        if step == 1 or elapsed_s - last >= PROGRESS_INTERVAL_S:
+            last = elapsed_s
+            report(job, {"step": step, "steps": steps, "elapsed_ms": round(elapsed_s * 1000)})
+
+    return on_step
+
+
 def _generate(
-    generator: ImageGenerator, raw_input: Any, job_log: Any, max_output_bytes: int
+    generator: ImageGenerator,
+    raw_input: Any,
+    job_log: Any,
+    max_output_bytes: int,
+    on_step: StepCallback | None = None,
 ) -> dict[str, Any]:
     request = parse_request(raw_input)
-    image = generator.generate(request)
+    image = generator.generate(request, on_step)
     encoded = base64.b64encode(image.png).decode("ascii")
     if len(encoded) > max_output_bytes:
         raise OutputTooLarge(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,9 @@ log = structlog.get_logger("worker.pipeline")
 # A byte-level BPE has at least 256 tokens. Offline, transformers can hand back
 # a tokenizer with a vocabulary of 1 instead of failing; refuse to serve with it.
 MIN_TOKENIZER_SIZE = 256
+
+
+StepCallback = Callable[[int, int, float], None]
 
 
 @dataclass(frozen=True)
@@ -87,8 +91,15 @@ class ImageGenerator:
             self.generate(GenerationRequest(prompt="warm-up", steps=2, width=width, height=height, seed=0))
         log.info("pipeline.warmed_up", warmup_ms=round((time.perf_counter() - started) * 1000))
 
-    def generate(self, request: GenerationRequest) -> GeneratedImage:
+    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GeneratedImage:
+        """One image; ``on_step(step, steps, elapsed_s)`` is called after each denoising step."""
         started = time.perf_counter()
+
+        def step_done(_pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(index + 1, request.steps, time.perf_counter() - started)
+            return tensors
+
         try:
             with torch.inference_mode():
                 image = self.pipe(
@@ -98,6 +109,7 @@ class ImageGenerator:
                     num_inference_steps=request.steps,
                     guidance_scale=GUIDANCE_SCALE,
                     generator=torch.Generator(device=self.device).manual_seed(request.seed),
+                    callback_on_step_end=step_done if on_step is not None else None,
                 ).images[0]
         except torch.OutOfMemoryError as exc:  # a RuntimeError: caught before anything broader
             self.free_memory()

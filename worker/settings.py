@@ -33,6 +33,7 @@ class WorkerSettings:
     torch_compile: bool = False
     warmup: bool | None = None  # None: warm up when a GPU is present
     refresh_worker_on_oom: bool = True
+    on_platform: bool = False  # RunPod (or its stand-in) runs us: progress updates have somewhere to go
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
@@ -44,6 +45,7 @@ class WorkerSettings:
             torch_compile=_flag(env, "TORCH_COMPILE", False),
             warmup=_optional_flag(env, "WARMUP"),
             refresh_worker_on_oom=_flag(env, "REFRESH_WORKER_ON_OOM", True),
+            on_platform=bool(env.get("RUNPOD_WEBHOOK_POST_OUTPUT")),
         )
 
 

@@ -129,3 +129,15 @@ def test_an_image_over_the_payload_limit_is_a_permanent_error(generator: ImageGe
     error = json.loads(output["error"])
     assert (error["error_type"], error["retryable"]) == ("output_too_large", False)
     assert "256x256" in error["error_message"]
+
+
+def test_progress_is_reported_from_the_first_step(generator: ImageGenerator) -> None:
+    reports: list[tuple[str, dict[str, Any]]] = []
+    reporting = make_handler(
+        generator, report_progress=lambda job, progress: reports.append((job["id"], progress))
+    )
+    output = run(reporting, prompt="a clock tower", width=256, height=256, quality="high")
+    assert "error" not in output
+    first_job, first = reports[0]
+    assert (first_job, first["step"], first["steps"]) == ("test-job", 1, 16)
+    assert all(progress["elapsed_ms"] >= 0 and 1 <= progress["step"] <= 16 for _, progress in reports)

@@ -1,0 +1,102 @@
+"""Throughput: images per second end to end with instant synthetic workers and local storage,
+the dispatcher's CPU milliseconds per image, and its peak RSS with 2000 jobs in flight.
+The dispatcher runs in its own process, as deployed, so its CPU and memory are its own.
+Prints one JSON object on its last line.
+
+    python bench/throughput.py [--images 2000] [--in-flight 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._cloud import USER, BenchCloud, bench_cloud, dispatcher_process
+
+
+async def insert_images(conn: psycopg.AsyncConnection, images: int, tag: str) -> None:
+    for start in range(0, images, 100):
+        prompts = [f"{tag} {n}" for n in range(start, min(start + 100, images))]
+        await conn.execute("insert into image_batches (user_id, prompts) values (%s, %s)", (USER, prompts))
+
+
+async def count(conn: psycopg.AsyncConnection, where: str) -> int:
+    row = await (await conn.execute(f"select count(*) from image_jobs where {where}")).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def wait_for(conn: psycopg.AsyncConnection, where: str, expected: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while await count(conn, where) < expected:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{where}: not {expected} rows after {timeout_s} s")
+        await asyncio.sleep(0.05)
+
+
+async def throughput(cloud: BenchCloud, images: int) -> dict[str, float]:
+    database = cloud.fresh_database("throughput")
+    environment = cloud.environment(database, MAX_IN_FLIGHT="512", MAX_IN_FLIGHT_PER_USER="512")
+    cloud.start_workers(64, "0")
+    async with (
+        dispatcher_process(environment) as dispatcher,
+        await psycopg.AsyncConnection.connect(cloud.postgres.dsn(database), autocommit=True) as conn,
+    ):
+        cpu_before, started = dispatcher.cpu_seconds(), time.monotonic()
+        await insert_images(conn, images, "throughput")
+        await wait_for(conn, "status = 'succeeded'", images)
+        elapsed, cpu = time.monotonic() - started, dispatcher.cpu_seconds() - cpu_before
+    await cloud.stop_workers()
+    return {
+        "images": images,
+        "seconds": round(elapsed, 2),
+        "images_per_s": round(images / elapsed, 1),
+        "dispatcher_cpu_ms_per_image": round(cpu * 1000 / images, 3),
+    }
+
+
+async def memory_in_flight(cloud: BenchCloud, in_flight: int) -> dict[str, float]:
+    """No workers: every submitted job stays on RunPod's queue, held and polled by the dispatcher."""
+    database = cloud.fresh_database("in_flight")
+    environment = cloud.environment(
+        database, MAX_IN_FLIGHT=str(in_flight), MAX_IN_FLIGHT_PER_USER=str(in_flight)
+    )
+    async with (
+        dispatcher_process(environment) as dispatcher,
+        await psycopg.AsyncConnection.connect(cloud.postgres.dsn(database), autocommit=True) as conn,
+    ):
+        await insert_images(conn, in_flight, "in flight")
+        await wait_for(conn, "runpod_job_id is not null", in_flight)
+        await asyncio.sleep(3)  # a few rounds of polling and lease renewal while all are held
+        return {"jobs_in_flight": in_flight, "peak_rss_mb": round(dispatcher.peak_rss_mb(), 1)}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--images", type=int, default=2000, help="images for the throughput run (default 2000)"
+    )
+    parser.add_argument("--in-flight", type=int, default=2000, help="jobs held at once for the memory run")
+    args = parser.parse_args()
+    async with bench_cloud() as cloud:
+        speed = await throughput(cloud, args.images)
+        memory = await memory_in_flight(cloud, args.in_flight)
+    print(
+        f"{speed['images_per_s']} images/s, {speed['dispatcher_cpu_ms_per_image']} ms of dispatcher CPU per "
+        f"image; {memory['peak_rss_mb']} MB peak RSS with {args.in_flight} jobs in flight",
+        file=sys.stderr,
+    )
+    print(json.dumps({"bench": "throughput", **speed, **memory}))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
