@@ -1,19 +1,26 @@
-"""``zimage demo``: what the pipeline does today, on a throwaway local database.
+"""``zimage demo``: the whole pipeline on this machine, through the real path.
 
-Today this proves the database half of the path: a batch inserted exactly as the
-frontend inserts it (as an authenticated user, through RLS) becomes queued jobs
-and a first progress event. The worker, the RunPod stand-in and the dispatcher
-come with their issues; until then the jobs stay queued, and the demo says so.
+The local stack (Postgres with the shim and migrations, the RunPod stand-in with
+real workers on the tiny offline Z-Image pipeline, or synthetic ones, the Storage
+stand-in) and a dispatcher start; a batch is inserted exactly as the frontend
+inserts it (as a signed-in user, through RLS); its progress events are printed as
+they arrive; the stored PNGs are listed at the end. Everything stops on exit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
+from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import psycopg
 
-from devstack.postgres import PostgresCluster
-from dispatcher.schema import SUPABASE_DIR, apply_migrations, apply_shim
+from devstack.stack import Devstack, DevstackConfig
+from dispatcher.service import running_service
+from dispatcher.settings import DispatcherSettings
 
 DEMO_USER = "00000000-0000-4000-8000-000000000001"
 DEFAULT_PROMPTS = [
@@ -23,32 +30,88 @@ DEFAULT_PROMPTS = [
 ]
 
 
-def run_demo(prompts: list[str]) -> int:
-    prompts = prompts or DEFAULT_PROMPTS
-    print("Starting a throwaway PostgreSQL cluster with the Supabase shim and migrations...")
-    with PostgresCluster() as cluster, psycopg.connect(cluster.dsn(), autocommit=True) as admin:
-        apply_shim(admin)
-        apply_migrations(admin)
-        admin.execute((SUPABASE_DIR / "seed.sql").read_text())
-        with psycopg.connect(cluster.dsn()) as frontend:
-            frontend.execute("set local role authenticated")
-            claims = json.dumps({"sub": DEMO_USER, "role": "authenticated"})
-            frontend.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
-            row = frontend.execute(
-                "insert into image_batches (prompts, quality, aspect_ratio) values (%s, 'basic', '16:9')"
-                " returning id",
-                (prompts,),
-            ).fetchone()
-        assert row is not None
-        print(f"Inserted batch {row[0]} as the demo user (RLS applied), as the frontend does.")
-        for position, status, width, height, steps, prompt in admin.execute(
-            "select position, status, width, height, steps, prompt from image_jobs order by position"
-        ):
-            print(f"  job {position}: {status:<7} {width}x{height}, {steps} steps  {prompt}")
-        for kind, payload in admin.execute("select kind, payload from image_job_events order by id"):
-            print(f"  event {kind}: {payload['message']}")
-    print(
-        "Not built yet: the RunPod worker, its local stand-in and the dispatcher, so no PNG is made "
-        "and the jobs above stay queued. The cluster has been stopped and removed."
+def run_demo(prompts: list[str], synthetic: bool = False, data_dir: Path | None = None) -> int:
+    return asyncio.run(_demo(prompts or DEFAULT_PROMPTS, synthetic, data_dir))
+
+
+async def _demo(prompts: list[str], synthetic: bool, data_dir: Path | None) -> int:
+    say("Starting the local stack (Postgres, RunPod and Storage stand-ins, workers)...")
+    stack = Devstack(DevstackConfig(synthetic=synthetic, workers=2, execution_time="1", data_dir=data_dir))
+    try:
+        await stack.start()
+        say(describe(stack))
+        async with running_service(dispatcher_settings(stack)):
+            batch_id = await insert_as_user(stack.database_url, prompts)
+            say(f"Inserted batch {batch_id} as the demo user, as the frontend does; following its events:")
+            complete = await follow(stack.database_url, batch_id)
+        images = list(complete["images"])
+        say(f"Done: {len(images)} of {complete['total']} images stored, {complete['failed']} failed.")
+        for path in sorted((stack.storage.root / "generated-assets").rglob("*.png")):
+            say(f"  {path}")
+        for url in images:
+            say(f"  {url} (served until the demo stops)")
+        return 0 if complete["failed"] == 0 else 1
+    finally:
+        await stack.stop()
+        say(f"Stopped everything; the PNGs stay under {stack.storage.root}.")
+
+
+def describe(stack: Devstack) -> str:
+    if stack.config.synthetic:
+        return "Workers: synthetic (a load generator returning flat PNGs; no model)."
+    return (
+        f"Workers: the real worker under the runpod SDK, on {stack.model_id} (unless MODEL_ID names real "
+        "weights, that is the tiny offline Z-Image pipeline with random weights: its images are noise)."
     )
-    return 0
+
+
+def dispatcher_settings(stack: Devstack) -> DispatcherSettings:
+    environment = {name.lower(): value for name, value in stack.environment().items()}
+    return DispatcherSettings.model_validate({**environment, "sweep_interval_seconds": 1})
+
+
+async def insert_as_user(database_url: str, prompts: list[str]) -> UUID:
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        await conn.execute("set local role authenticated")
+        claims = json.dumps({"sub": DEMO_USER, "role": "authenticated"})
+        await conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
+        row = await (
+            await conn.execute(
+                "insert into image_batches (prompts, quality, aspect_ratio)"
+                " values (%s, 'basic', '16:9') returning id",
+                (prompts,),
+            )
+        ).fetchone()
+    assert row is not None
+    return UUID(str(row[0]))
+
+
+async def follow(database_url: str, batch_id: UUID) -> dict[str, Any]:
+    """Print the batch's events as they are recorded; return the final 'complete' payload."""
+    last_id = 0
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute("listen image_job_events")
+        while True:
+            rows = await (
+                await conn.execute(
+                    "select id, kind, payload from image_job_events"
+                    " where batch_id = %s and id > %s order by id",
+                    (batch_id, last_id),
+                )
+            ).fetchall()
+            for event_id, kind, payload in rows:
+                last_id = event_id
+                if kind == "progress":
+                    say(f"  {payload['message']}")
+                elif kind in {"image", "failed", "retrying"}:
+                    detail = payload.get("url") or payload.get("error")
+                    say(f"  {kind}: image {payload['position'] + 1} {detail}")
+                elif kind == "complete":
+                    complete: dict[str, Any] = payload
+                    return complete
+            async for _ in conn.notifies(timeout=1.0, stop_after=1):
+                pass
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stdout, flush=True)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import psycopg
 from pydantic import ValidationError
@@ -39,9 +40,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from devstack.demo import run_demo
+    import logging
 
-    return run_demo(prompts=args.prompt)
+    from devstack.demo import run_demo
+    from dispatcher.logs import configure_logging
+
+    configure_logging(logging.WARNING)  # the demo prints its own story; logs only for trouble
+    return run_demo(prompts=args.prompt, synthetic=args.synthetic, data_dir=args.data_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,10 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run the pipeline locally end to end",
-        description="Start a throwaway Postgres with the shim and migrations, submit prompts the way "
-        "the frontend does, and show what the pipeline makes of them.",
+        description="Start the local stack (Postgres with the shim and migrations, the RunPod stand-in with "
+        "real workers on the tiny offline Z-Image pipeline, the Storage stand-in) and a dispatcher, insert a "
+        "batch as the frontend does, print its progress, and list the stored PNGs. Exit 0 when every image "
+        "was stored. Nothing is left running afterwards.",
     )
     demo.add_argument("prompt", nargs="*", help="prompts to submit (a few history scenes by default)")
+    demo.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="synthetic workers (flat PNGs, no model) instead of the real worker",
+    )
+    demo.add_argument(
+        "--data-dir", type=Path, help="where the PNGs are written (default: a temporary directory)"
+    )
     demo.set_defaults(run=_demo)
 
     from devstack.cli import add_devstack_commands

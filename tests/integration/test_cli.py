@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -50,12 +51,16 @@ def test_migrate_names_a_missing_setting() -> None:
     assert "DATABASE_URL" in result.stderr
 
 
-def test_demo_runs_the_database_half_and_says_what_is_missing() -> None:
-    result = zimage("demo", "a Viking longship", "the Great Library of Alexandria")
-    assert result.returncode == 0, result.stderr
-    assert "job 1: queued" in result.stdout
+def test_demo_runs_the_pipeline_end_to_end(tmp_path: Path) -> None:
+    result = zimage(
+        "demo", "--synthetic", "--data-dir", str(tmp_path), "a Viking longship", "the Great Library"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
     assert "Creating 2 image jobs..." in result.stdout
-    assert "Not built yet" in result.stdout
+    assert "2/2 images done" in result.stdout
+    assert "Done: 2 of 2 images stored, 0 failed." in result.stdout
+    stored = sorted((tmp_path / "storage" / "generated-assets" / "generated-images").glob("*.png"))
+    assert len(stored) == 2
 
 
 def test_a_stopped_cluster_leaves_no_server_behind() -> None:
