@@ -10,7 +10,6 @@ they arrive; the stored PNGs are listed at the end. Everything stops on exit.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from uuid import UUID
 
 import psycopg
 
+from devstack.frontend import insert_batch_as_user
 from devstack.stack import Devstack, DevstackConfig
 from dispatcher.service import running_service
 from dispatcher.settings import DispatcherSettings
@@ -41,7 +41,7 @@ async def _demo(prompts: list[str], synthetic: bool, data_dir: Path | None) -> i
         await stack.start()
         say(describe(stack))
         async with running_service(dispatcher_settings(stack)):
-            batch_id = await insert_as_user(stack.database_url, prompts)
+            batch_id = await insert_batch_as_user(stack.database_url, DEMO_USER, prompts)
             say(f"Inserted batch {batch_id} as the demo user, as the frontend does; following its events:")
             complete = await follow(stack.database_url, batch_id)
         images = list(complete["images"])
@@ -68,22 +68,6 @@ def describe(stack: Devstack) -> str:
 def dispatcher_settings(stack: Devstack) -> DispatcherSettings:
     environment = {name.lower(): value for name, value in stack.environment().items()}
     return DispatcherSettings.model_validate({**environment, "sweep_interval_seconds": 1})
-
-
-async def insert_as_user(database_url: str, prompts: list[str]) -> UUID:
-    async with await psycopg.AsyncConnection.connect(database_url) as conn:
-        await conn.execute("set local role authenticated")
-        claims = json.dumps({"sub": DEMO_USER, "role": "authenticated"})
-        await conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
-        row = await (
-            await conn.execute(
-                "insert into image_batches (prompts, quality, aspect_ratio)"
-                " values (%s, 'basic', '16:9') returning id",
-                (prompts,),
-            )
-        ).fetchone()
-    assert row is not None
-    return UUID(str(row[0]))
 
 
 async def follow(database_url: str, batch_id: UUID) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -15,6 +14,7 @@ from uuid import UUID
 import psycopg
 import pytest
 
+from devstack.frontend import insert_batch_as_user
 from devstack.keys import LocalKeys
 from devstack.runpod_api import build_runpod_app
 from devstack.runpod_platform import Platform
@@ -111,21 +111,9 @@ def dispatcher(database_url: str, cloud: Cloud) -> DispatcherFactory:
 
 async def insert_batch(database_url: str, prompts: list[str], user_id: str = USER_A, **columns: Any) -> UUID:
     """Insert a batch exactly as the frontend does: as the authenticated user, through RLS."""
-    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute("insert into auth.users (id) values (%s) on conflict do nothing", (user_id,))
-        await conn.execute("set local role authenticated")
-        claims = json.dumps({"sub": user_id, "role": "authenticated"})
-        await conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
-        names = ["prompts", *columns]
-        placeholders = ", ".join(["%s"] * len(names))
-        row = await (
-            await conn.execute(
-                f"insert into image_batches ({', '.join(names)}) values ({placeholders}) returning id",
-                [prompts, *columns.values()],
-            )
-        ).fetchone()
-    assert row is not None
-    return UUID(str(row[0]))
+    return await insert_batch_as_user(database_url, user_id, prompts, **columns)
 
 
 async def wait_for_batch(database_url: str, batch_id: UUID, timeout_s: float = 30) -> dict[str, Any]:
