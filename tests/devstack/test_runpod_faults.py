@@ -293,13 +293,15 @@ async def test_stop_pod_asks_for_the_worker_to_be_recycled(standin: RunPodStandI
     recycled: list[str] = []
     standin.platform.on_stop_pod = recycled.append
     take = f"{standin.base_url}/ep-test/job-take/w7?gpu=local"
-    async with httpx.AsyncClient(timeout=5, headers={"Authorization": WORKER_KEY}) as worker:
-        async with standin.client() as public:
-            job_id = await submit(public)
-            assert (await worker.get(take)).json()["id"] == job_id
-            oom = json.dumps({"error_type": "out_of_memory", "error_message": "OOM", "retryable": True})
-            done = f"{standin.base_url}/ep-test/job-done/w7/{job_id}?gpu=local&isStream=false"
-            await worker.post(done, content=json.dumps({"error": oom, "stopPod": True}))
-            answer = (await public.get(f"/status/{job_id}")).json()
+    async with (
+        httpx.AsyncClient(timeout=5, headers={"Authorization": WORKER_KEY}) as worker,
+        standin.client() as public,
+    ):
+        job_id = await submit(public)
+        assert (await worker.get(take)).json()["id"] == job_id
+        oom = json.dumps({"error_type": "out_of_memory", "error_message": "OOM", "retryable": True})
+        done = f"{standin.base_url}/ep-test/job-done/w7/{job_id}?gpu=local&isStream=false"
+        await worker.post(done, content=json.dumps({"error": oom, "stopPod": True}))
+        answer = (await public.get(f"/status/{job_id}")).json()
     assert (answer["status"], json.loads(answer["error"])["retryable"]) == ("FAILED", True)
     assert recycled == ["w7"]
