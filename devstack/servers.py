@@ -23,6 +23,9 @@ class LoopbackServer:
             log_level="warning",
             lifespan="off",
             timeout_graceful_shutdown=2,
+            # Workers reuse one keep-alive connection between long jobs; uvicorn's 5 s default
+            # would close it under them and their result POST would die with a broken pipe.
+            timeout_keep_alive=300,
             ws="none",
         )
         self._server = EmbeddedServer(config)

@@ -117,3 +117,17 @@ async def test_a_worker_killed_mid_job_leaves_the_job_to_time_out(real_stack: Re
     await asyncio.to_thread(job.output, 30)
     assert await asyncio.to_thread(job.status) == "TIMED_OUT"
     real_stack.workers.spawn(record.worker_id)  # leave the fixture as it was found
+
+
+async def test_a_job_longer_than_an_idle_keep_alive_still_reports(real_stack: RealStack) -> None:
+    """The worker posts its result on a connection idle for the whole job (here, on 2 CPU cores, well
+    over uvicorn's default 5 s keep-alive, which made this POST die with a broken pipe)."""
+    endpoint = runpod.Endpoint(ENDPOINT)
+    job = await asyncio.to_thread(
+        endpoint.run,
+        {"prompt": "a panorama of Rome", "width": 1280, "height": 1280, "quality": "high", "seed": 2},
+    )
+    output = await asyncio.to_thread(job.output, 90)
+    record = real_stack.platform.jobs[job.job_id]
+    assert record.status is JobStatus.COMPLETED, record.error
+    assert (output["width"], output["height"]) == (1280, 1280)
