@@ -22,7 +22,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/hadolint Dockerfile.worker
+	$(BIN)/hadolint Dockerfile.worker Dockerfile.dispatcher
 
 test: lint
 	$(BIN)/pytest
