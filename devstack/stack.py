@@ -13,7 +13,6 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,23 +174,10 @@ class Devstack:
             processes.start()
             self.processes.append(processes)
         self.platform.on_stop_pod = self._recycle
-        await self._wait_for_workers(ready_timeout_s)
+        for processes in self.processes:
+            await processes.wait_until_ready(self.platform.worker_seen, ready_timeout_s)
 
     def _recycle(self, worker_id: str) -> None:
         for processes in self.processes:
             if worker_id in processes.processes:
                 asyncio.get_running_loop().run_in_executor(None, processes.recycle, worker_id)
-
-    async def _wait_for_workers(self, timeout_s: float) -> None:
-        """Ready means every worker has loaded its model and asked for a job."""
-        deadline = time.monotonic() + timeout_s
-        expected = {worker_id for processes in self.processes for worker_id in processes.processes}
-        while not expected <= set(self.platform.worker_seen):
-            for processes in self.processes:
-                for worker_id, process in processes.processes.items():
-                    if process.poll() is not None:
-                        logfile = processes.log_dir / f"{worker_id}.log"
-                        raise RuntimeError(f"{worker_id} exited with {process.returncode}; see {logfile}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"workers not ready after {timeout_s:.0f} s")
-            await asyncio.sleep(0.1)

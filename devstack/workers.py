@@ -3,11 +3,14 @@ pointed at the RunPod stand-in exactly as RunPod points it at its own platform."
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Collection
 from pathlib import Path
 
 import structlog
@@ -58,6 +61,19 @@ class WorkerProcesses:
                 start_new_session=True,  # its own group: the ping child dies too
             )
         log.info("worker.started", worker_id=worker_id, pid=self.processes[worker_id].pid)
+
+    async def wait_until_ready(self, seen: Collection[str], timeout_s: float) -> None:
+        """Ready means every worker has loaded its model and asked for a job (its id is in ``seen``,
+        the platform's worker_seen); a worker that exits first fails loudly, naming its log."""
+        deadline = time.monotonic() + timeout_s
+        while not set(self.processes) <= set(seen):
+            for worker_id, process in self.processes.items():
+                if process.poll() is not None:
+                    logfile = self.log_dir / f"{worker_id}.log"
+                    raise RuntimeError(f"{worker_id} exited with {process.returncode}; see {logfile}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers not ready after {timeout_s:.0f} s")
+            await asyncio.sleep(0.1)
 
     def recycle(self, worker_id: str) -> None:
         """What RunPod does on stopPod (refresh_worker): the worker is replaced by a fresh one."""

@@ -34,6 +34,7 @@ from dispatcher.domain import (
     WorkerFailure,
 )
 from dispatcher.images import decode_png
+from dispatcher.logs import first_line
 from dispatcher.metrics import (
     COMPLETION_TO_STORED,
     INSERT_TO_SUBMIT,
@@ -152,7 +153,7 @@ class Dispatcher:
                     for job in await self.store.claim(free, self.settings.max_in_flight_per_user):
                         self._start(job)
                 except psycopg.Error as exc:
-                    self.log.warning("claim.failed", error=str(exc).splitlines()[0] if str(exc) else "")
+                    self.log.warning("claim.failed", error=first_line(exc))
                     await asyncio.sleep(1)
                     continue
             with contextlib.suppress(TimeoutError):
@@ -177,7 +178,7 @@ class Dispatcher:
             try:
                 renewed = await self.store.renew_leases(ids)
             except psycopg.Error as exc:
-                self.log.warning("lease.renew_failed", error=str(exc).splitlines()[0] if str(exc) else "")
+                self.log.warning("lease.renew_failed", error=first_line(exc))
                 continue
             for job_id in set(ids) - renewed:
                 if (run := self.active.get(job_id)) is not None:
@@ -199,7 +200,7 @@ class Dispatcher:
             await self._fail(run, str(error), error.retryable, job_log)
         except psycopg.Error as error:
             # The lease runs out and the job is claimed again: nothing is lost.
-            job_log.warning("job.database_error", error=str(error).splitlines()[0] if str(error) else "")
+            job_log.warning("job.database_error", error=first_line(error))
         except Exception as error:  # a bug: record it on the row, retry within max_attempts
             job_log.exception("job.internal_error")
             with contextlib.suppress(psycopg.Error):

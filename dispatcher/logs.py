@@ -26,3 +26,9 @@ def configure_logging(level: int = logging.INFO) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def first_line(error: BaseException) -> str:
+    """A driver error's headline: psycopg's messages run on with context and hints."""
+    text = str(error)
+    return text.splitlines()[0] if text else ""

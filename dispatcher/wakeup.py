@@ -14,6 +14,8 @@ from collections.abc import Callable
 import psycopg
 import structlog
 
+from dispatcher.logs import first_line
+
 log = structlog.get_logger("dispatcher.wakeup")
 
 
@@ -48,7 +50,7 @@ class PostgresListener:
                 self.connected.clear()
                 log.warning(
                     "wakeup.disconnected",
-                    error=str(exc).splitlines()[0] if str(exc) else "",
+                    error=first_line(exc),
                     retry_in_s=backoff,
                 )
                 await asyncio.sleep(backoff)

@@ -46,11 +46,7 @@ async def real_stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory)
         log_dir=tmp_path_factory.mktemp("worker-logs"),
     )
     workers.start()
-    deadline = time.monotonic() + 120
-    while not {"worker-0", "worker-1"} <= set(platform.worker_seen):  # each loaded and asked for a job
-        assert time.monotonic() < deadline, "workers did not start"
-        assert all(process.poll() is None for process in workers.processes.values()), "a worker died"
-        await asyncio.sleep(0.1)
+    await workers.wait_until_ready(platform.worker_seen, timeout_s=120)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runpod, "api_key", API_KEY)
         patch.setattr(runpod, "endpoint_url_base", f"{server.url}/v2")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import psycopg
 
+from devstack.frontend import act_as_user
 from devstack.postgres import free_port
 from devstack.runpod_platform import Faults, JobStatus
 from devstack.servers import LoopbackServer
@@ -112,11 +111,7 @@ async def test_a_user_cancellation_cancels_the_runpod_job(
         await wait_until(submitted)
         (job,) = await jobs_of(database_url, batch_id)
         async with await psycopg.AsyncConnection.connect(database_url) as conn:
-            await conn.execute("set local role authenticated")
-            await conn.execute(
-                "select set_config('request.jwt.claims', %s, true)",
-                (json.dumps({"sub": str(job["user_id"]), "role": "authenticated"}),),
-            )
+            await act_as_user(conn, str(job["user_id"]))
             assert (await (await conn.execute("select cancel_image_job(%s)", (job["id"],))).fetchone()) == (
                 True,
             )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -37,10 +36,7 @@ async def test_a_batch_runs_on_real_workers(
     )
     workers.start()
     try:
-        deadline = time.monotonic() + 120
-        while not {"worker-0", "worker-1"} <= set(cloud.platform.worker_seen):
-            assert time.monotonic() < deadline, "the workers did not start"
-            await asyncio.sleep(0.1)
+        await workers.wait_until_ready(cloud.platform.worker_seen, timeout_s=120)
         async with dispatcher():
             batch_id = await insert_batch(database_url, ["Hadrian's Wall", "The Globe Theatre"], seed=77)
             complete = await wait_for_batch(database_url, batch_id, timeout_s=90)
