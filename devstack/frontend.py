@@ -3,18 +3,12 @@ user, through PostgREST's role switch and JWT claims, so RLS applies."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from uuid import UUID
 
 import psycopg
 
-
-async def act_as_user(conn: psycopg.AsyncConnection[Any], user_id: str) -> None:
-    """Make this transaction the authenticated user ``user_id``, as PostgREST does per request."""
-    await conn.execute("set local role authenticated")
-    claims = json.dumps({"sub": user_id, "role": "authenticated"})
-    await conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
+from api.batches import act_as_user
 
 
 async def insert_batch_as_user(database_url: str, user_id: str, prompts: list[str], **columns: Any) -> UUID:

@@ -18,6 +18,10 @@ from pathlib import Path
 
 import psycopg
 import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
 
 from devstack.keys import LocalKeys
 from devstack.postgres import PostgresCluster
@@ -94,10 +98,23 @@ class Devstack:
             build_runpod_app(self.platform, self.runpod_api_key, self.worker_key, self.config.take_timeout_s),
             "runpod",
         )
-        self.supabase_server = LoopbackServer(self.storage.app(), "supabase")
+        self.supabase_server = LoopbackServer(self._supabase_app(), "supabase")
         self.synthetic: list[SyntheticWorkers] = []
         self.processes: list[WorkerProcesses] = []
         self.model_id: str | None = None
+
+    def _supabase_app(self) -> Starlette:
+        """What answers at SUPABASE_URL: Storage, and Auth's published signing keys."""
+
+        async def jwks(_: Request) -> Response:
+            return JSONResponse(self.keys.jwks())
+
+        return Starlette(
+            routes=[
+                Route("/auth/v1/.well-known/jwks.json", jwks, methods=["GET"]),
+                Mount("/", app=self.storage.app()),
+            ]
+        )
 
     @property
     def database_url(self) -> str:

@@ -16,6 +16,25 @@ from dispatcher.webhook import token_is_valid
 
 
 def dispatcher_routes(dispatcher: Dispatcher, pool: AsyncConnectionPool) -> list[Route]:
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok", **dispatcher_health(dispatcher)})
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return [
+        webhook_route(dispatcher, pool),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+
+
+def dispatcher_health(dispatcher: Dispatcher) -> dict[str, object]:
+    return {"dispatcher_id": dispatcher.settings.dispatcher_id, "in_flight": len(dispatcher.active)}
+
+
+def webhook_route(dispatcher: Dispatcher, pool: AsyncConnectionPool) -> Route:
+    """POST /runpod/webhook/{job_id}/{attempt}?token=...: RunPod's completion callback."""
     secret = dispatcher.settings.webhook_secret.get_secret_value()
 
     async def runpod_webhook(request: Request) -> Response:
@@ -37,20 +56,4 @@ def dispatcher_routes(dispatcher: Dispatcher, pool: AsyncConnectionPool) -> list
                 await conn.execute("select pg_notify('image_job_completed', %s)", (str(job_id),))
         return JSONResponse({"received": True})
 
-    async def healthz(_: Request) -> Response:
-        return JSONResponse(
-            {
-                "status": "ok",
-                "dispatcher_id": dispatcher.settings.dispatcher_id,
-                "in_flight": len(dispatcher.active),
-            }
-        )
-
-    async def metrics(_: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    return [
-        Route("/runpod/webhook/{job_id}/{attempt}", runpod_webhook, methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-    ]
+    return Route("/runpod/webhook/{job_id}/{attempt}", runpod_webhook, methods=["POST"])

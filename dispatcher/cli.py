@@ -39,6 +39,19 @@ def _dispatch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from api.serve import serve
+    from api.settings import load_api_settings
+    from dispatcher.logs import configure_logging
+    from dispatcher.settings import load_dispatcher_settings
+
+    api_settings = load_api_settings()
+    dispatcher_settings = load_dispatcher_settings() if args.command == "serve" else None
+    configure_logging()
+    asyncio.run(serve(api_settings, dispatcher_settings, args.host, args.port))
+    return EXIT_OK
+
+
 def _demo(args: argparse.Namespace) -> int:
     import logging
 
@@ -75,11 +88,28 @@ def build_parser() -> argparse.ArgumentParser:
         "Storage, until SIGTERM or Ctrl-C (then jobs in flight get a grace period and the rest are handed "
         "back). Configured by the environment; see the README's configuration table.",
     )
-    dispatch.add_argument(
-        "--host", default="127.0.0.1", help="address for the HTTP routes (default 127.0.0.1)"
-    )
-    dispatch.add_argument("--port", type=int, default=8080, help="port for the HTTP routes (default 8080)")
+    _add_address(dispatch)
     dispatch.set_defaults(run=_dispatch)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP app and the dispatcher in one process",
+        description="Serve the functions (/functions/v1/generate-images, batch-events, batch-status, "
+        "retry-failed), the progress page at /, /healthz, /metrics and the RunPod webhook, and run the "
+        "dispatcher beside them, until SIGTERM or Ctrl-C. Configured by the environment (the variables "
+        "`zimage devstack up` prints, or the cloud's); see the README's configuration table.",
+    )
+    _add_address(serve)
+    serve.set_defaults(run=_serve)
+
+    http = commands.add_parser(
+        "http",
+        help="run the HTTP app alone (no dispatcher)",
+        description="Serve the functions, the progress page, /healthz and /metrics without a dispatcher "
+        "(run one with `zimage dispatch` elsewhere), until SIGTERM or Ctrl-C.",
+    )
+    _add_address(http)
+    http.set_defaults(run=_serve)
 
     demo = commands.add_parser(
         "demo",
@@ -104,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_devstack_commands(commands)
     return parser
+
+
+def _add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

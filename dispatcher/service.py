@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import structlog
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from dispatcher.app import dispatcher_routes
 from dispatcher.core import Dispatcher
@@ -79,8 +80,10 @@ async def running_service(
         await pool.close()
 
 
-async def serve_dispatcher(settings: DispatcherSettings, host: str, port: int) -> None:
-    """``zimage dispatch``: the dispatcher and its webhook/health/metrics routes, until SIGTERM or Ctrl-C."""
+async def serve_until_signal(
+    app: ASGIApp, host: str, port: int, before_stop: Callable[[], None] | None = None
+) -> None:
+    """Serve ``app`` until SIGTERM or Ctrl-C. No access log: query strings carry tokens."""
     import uvicorn
 
     from dispatcher.serving import EmbeddedServer
@@ -89,10 +92,21 @@ async def serve_dispatcher(settings: DispatcherSettings, host: str, port: int) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", ws="none"
+    )
+    server = EmbeddedServer(config)
+    serving = asyncio.create_task(server.serve(), name="http")
+    stop = asyncio.create_task(stopping.wait())
+    await asyncio.wait([serving, stop], return_when=asyncio.FIRST_COMPLETED)
+    if before_stop is not None:
+        before_stop()
+    server.should_exit = True
+    stop.cancel()
+    await serving
+
+
+async def serve_dispatcher(settings: DispatcherSettings, host: str, port: int) -> None:
+    """``zimage dispatch``: the dispatcher and its webhook/health/metrics routes, until SIGTERM or Ctrl-C."""
     async with running_service(settings) as service:
-        config = uvicorn.Config(service.app(), host=host, port=port, log_level="warning", lifespan="off")
-        server = EmbeddedServer(config)
-        serving = asyncio.create_task(server.serve(), name="http")
-        await stopping.wait()
-        server.should_exit = True
-        await serving
+        await serve_until_signal(service.app(), host, port)

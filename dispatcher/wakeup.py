@@ -26,18 +26,22 @@ class PostgresListener:
         handlers: dict[str, Callable[[str], None]],
         on_connect: Callable[[], None],
         max_backoff_s: float = 5.0,
+        application_name: str = "zimage-dispatcher",
     ) -> None:
         self.database_url = database_url
         self.handlers = handlers
         self.on_connect = on_connect
         self.max_backoff_s = max_backoff_s
+        self.application_name = application_name
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
         backoff = 0.1
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    self.database_url, autocommit=True, application_name=self.application_name
+                ) as conn:
                     for channel in self.handlers:
                         await conn.execute(f'listen "{channel}"')
                     self.connected.set()

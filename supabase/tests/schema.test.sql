@@ -1,14 +1,17 @@
 -- The contract with the frontend: the names it relies on, the bucket, and Realtime.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(12);
+select plan(13);
 
 select has_table('public', 'image_batches', 'image_batches exists');
 select columns_are('public', 'image_batches',
-  array['id', 'user_id', 'prompts', 'quality', 'aspect_ratio', 'seed', 'project_id', 'timings', 'created_at'],
+  array['id', 'user_id', 'prompts', 'quality', 'aspect_ratio', 'seed', 'project_id', 'timings', 'created_at',
+        'last_event_seq'],
   'image_batches has the frontend''s columns');
 select has_table('public', 'image_jobs', 'image_jobs exists');
 select col_is_pk('public', 'image_job_events', 'id', 'events are ordered by an identity key');
+select has_index('public', 'image_job_events', 'image_job_events_stream_idx', array['batch_id', 'seq'],
+  'streamed events have a per-batch position (SSE Last-Event-ID)');
 select col_default_is('public', 'image_batches', 'quality', 'basic', 'quality defaults to basic');
 select col_default_is('public', 'image_batches', 'aspect_ratio', '16:9', 'aspect ratio defaults to 16:9');
 select ok((select public from storage.buckets where id = 'generated-assets'), 'the bucket is public');

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import psycopg
 
-from devstack.frontend import act_as_user
+from api.batches import act_as_user
 from devstack.postgres import free_port
 from devstack.runpod_platform import Faults, JobStatus
 from devstack.servers import LoopbackServer

@@ -1,0 +1,101 @@
+"""The HTTP app: the functions at /functions/v1/<name>, the progress page at /, /healthz and
+/metrics; with a dispatcher in the same process (``zimage serve``), its RunPod webhook too."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+import httpx
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from api.auth import Authenticator
+from api.broker import EventBroker
+from api.context import FunctionContext
+from api.functions import function_routes
+from api.ratelimit import RateLimiter
+from api.settings import ApiSettings
+from dispatcher.store import connection_pool
+
+log = structlog.get_logger("api")
+
+# What the frontend's fetch and EventSource send (the old edge function allowed the first four).
+ALLOWED_HEADERS = ["authorization", "x-client-info", "apikey", "content-type", "accept", "last-event-id"]
+SSE_STREAMS = Gauge("zimage_sse_subscribers", "Open progress streams")
+PAGE = files("api").joinpath("page.html").read_text()
+
+
+@contextlib.asynccontextmanager
+async def running_api(settings: ApiSettings) -> AsyncIterator[FunctionContext]:
+    """The functions' shared state: a small pool for requests, the broker's LISTEN, the JWKS client."""
+    pool = connection_pool(str(settings.database_url), max_size=8)
+    await pool.open(wait=True, timeout=30)
+    http = httpx.AsyncClient(timeout=10)
+    broker = EventBroker(str(settings.database_url))
+    broker_task = asyncio.create_task(broker.run(), name="event-broker")
+    SSE_STREAMS.set_function(
+        lambda: len({s for b in broker.logs.values() for s in b.subscribers} | broker.feeds)
+    )
+    try:
+        yield FunctionContext(
+            settings,
+            pool,
+            broker,
+            Authenticator(settings, http),
+            RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
+        )
+    finally:
+        broker_task.cancel()
+        await asyncio.gather(broker_task, return_exceptions=True)
+        await http.aclose()
+        await pool.close()
+
+
+@dataclass
+class Extras:
+    """What a dispatcher in the same process adds: its routes and its health."""
+
+    routes: list[Route]
+    health: Callable[[], dict[str, object]]
+
+
+def build_app(context: FunctionContext, extras: Extras | None = None) -> Starlette:
+    async def page(_: Request) -> Response:
+        return HTMLResponse(PAGE)
+
+    async def healthz(_: Request) -> Response:
+        listening = context.broker.listener.connected.is_set()
+        body: dict[str, Any] = {"status": "ok" if listening else "degraded", "event_listener": listening}
+        if extras is not None:
+            body["dispatcher"] = extras.health()
+        return JSONResponse(body, status_code=200 if listening else 503)
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/", page, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        *function_routes(context),
+        *(extras.routes if extras else []),
+    ]
+    cors = Middleware(
+        CORSMiddleware,
+        allow_origins=context.settings.cors_allowed_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=ALLOWED_HEADERS,
+        max_age=86400,
+    )
+    return Starlette(routes=routes, middleware=[cors])

@@ -1,0 +1,182 @@
+"""Batches as the functions see them: a request parsed from the old edge function's body, inserted
+as its caller (so RLS applies), and a batch's snapshot with queue positions."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from api.auth import Caller
+from api.errors import HttpError
+
+# The database names its columns; the frontend's body names them in camelCase.
+_BODY_NAMES = {"aspect_ratio": "aspectRatio", "project_id": "projectId"}
+_FIELD = re.compile(r"^(\w+)")
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    prompts: list[str]
+    quality: str = "basic"
+    aspect_ratio: str = "16:9"
+    project_id: str | None = None
+    seed: int | None = None
+    timings: list[dict[str, Any]] | None = None  # per prompt {index, startTime, endTime}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> BatchRequest:
+        """Shapes and types here; the values' rules are the database's (one set of rules, one place)."""
+        prompts = body.get("prompts")
+        if not isinstance(prompts, list) or not prompts:
+            raise HttpError(
+                400, "prompts: a non-empty list of strings or of {index, prompt, startTime, endTime}"
+            )
+        timings: list[dict[str, Any]] | None = None
+        if all(isinstance(p, dict) for p in prompts):
+            timings = []
+            for i, item in enumerate(prompts):
+                if not isinstance(item.get("prompt"), str):
+                    raise HttpError(400, f"prompts[{i}].prompt: must be a string")
+                timings.append({key: item.get(key, i if key == "index" else None) for key in _TIMING_KEYS})
+            texts = [item["prompt"] for item in prompts]
+        elif all(isinstance(p, str) for p in prompts):
+            texts = list(prompts)
+        else:
+            raise HttpError(400, "prompts: all strings, or all {index, prompt, startTime, endTime} objects")
+        return cls(
+            prompts=texts,
+            quality=_string(body, "quality", "basic"),
+            aspect_ratio=_string(body, "aspectRatio", "16:9"),
+            project_id=_optional_string(body, "projectId"),
+            seed=_optional_seed(body),
+            timings=timings,
+        )
+
+
+_TIMING_KEYS = ("index", "startTime", "endTime")
+
+
+def _string(body: dict[str, Any], name: str, default: str) -> str:
+    value = body.get(name, default)
+    if not isinstance(value, str):
+        raise HttpError(400, f"{name}: must be a string")
+    return value
+
+
+def _optional_string(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise HttpError(400, f"{name}: must be a string")
+    return value or None
+
+
+def _optional_seed(body: dict[str, Any]) -> int | None:
+    value = body.get("seed")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise HttpError(400, "seed: must be an integer")
+    return value
+
+
+async def act_as_user(conn: psycopg.AsyncConnection[Any], user_id: UUID | str) -> None:
+    """Make this transaction the authenticated user, as PostgREST does per request: RLS applies."""
+    await conn.execute("set local role authenticated")
+    claims = json.dumps({"sub": str(user_id), "role": "authenticated", "aud": "authenticated"})
+    await conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
+
+
+async def insert_batch(conn: psycopg.AsyncConnection[Any], caller: Caller, batch: BatchRequest) -> UUID:
+    """Insert the batch (its jobs follow by trigger) as the caller; users through RLS. Batches made
+    with the anon or service-role key belong to no user."""
+    try:
+        async with conn.transaction():
+            if caller.kind == "user" and caller.user_id is not None:
+                await act_as_user(conn, caller.user_id)
+            cursor = await conn.execute(
+                "insert into public.image_batches"
+                " (user_id, prompts, quality, aspect_ratio, project_id, seed, timings)"
+                " values (%s, %s, %s, %s, %s, %s, %s) returning id",
+                (
+                    caller.user_id if caller.kind == "user" else None,
+                    batch.prompts,
+                    batch.quality,
+                    batch.aspect_ratio,
+                    batch.project_id,
+                    batch.seed,
+                    Jsonb(batch.timings) if batch.timings is not None else None,
+                ),
+            )
+            row = await cursor.fetchone()
+    except psycopg.errors.CheckViolation as exc:
+        raise HttpError(400, _body_names(exc.diag.message_primary or str(exc))) from None
+    assert row is not None
+    return UUID(str(row[0]))
+
+
+def _body_names(message: str) -> str:
+    return _FIELD.sub(lambda m: _BODY_NAMES.get(m.group(1), m.group(1)), message, count=1)
+
+
+async def batch_snapshot(conn: psycopg.AsyncConnection[Any], batch_id: UUID) -> dict[str, Any] | None:
+    """Each job's state, URL or error and attempts, and, while it waits, its place in the queue."""
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(
+            "select id, user_id, created_at, quality, aspect_ratio, project_id"
+            " from public.image_batches where id = %s",
+            (batch_id,),
+        )
+        batch = await cursor.fetchone()
+        if batch is None:
+            return None
+        await cursor.execute(_JOBS, (batch_id,))
+        jobs = await cursor.fetchall()
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job["status"]] = counts.get(job["status"], 0) + 1
+    return {
+        "batch_id": str(batch["id"]),
+        "user_id": str(batch["user_id"]) if batch["user_id"] else None,
+        "created_at": batch["created_at"].isoformat(),
+        "quality": batch["quality"],
+        "aspectRatio": batch["aspect_ratio"],
+        "projectId": batch["project_id"],
+        "total": len(jobs),
+        "counts": counts,
+        "done": all(job["status"] in ("succeeded", "failed", "cancelled") for job in jobs),
+        "jobs": [
+            {
+                "job_id": str(job["id"]),
+                "position": job["position"],
+                "prompt": job["prompt"],
+                "status": job["status"],
+                "url": job["image_url"],
+                "error": job["error"],
+                "attempts": job["attempts"],
+                "max_attempts": job["max_attempts"],
+                "queue_position": job["queue_position"],
+                "finished_at": job["finished_at"].isoformat() if job["finished_at"] else None,
+            }
+            for job in jobs
+        ],
+    }
+
+
+# Queue position: among due queued jobs in the order the claim scans them (oldest
+# due first); a job waiting out a retry backoff counts from when it is due.
+_JOBS = """
+with queue as (
+    select id, row_number() over (order by run_after, created_at, id) as queue_position
+      from public.image_jobs where status = 'queued'
+)
+select j.id, j.position, j.prompt, j.status, j.image_url, j.error, j.attempts, j.max_attempts,
+       j.finished_at, q.queue_position
+  from public.image_jobs j left join queue q on q.id = j.id
+ where j.batch_id = %s
+ order by j.position
+"""

@@ -1,0 +1,60 @@
+"""The HTTP app's settings (``zimage http``, and ``zimage serve`` with the dispatcher's)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
+
+from dispatcher.settings import DatabaseSettings
+
+
+class ApiSettings(DatabaseSettings):
+    supabase_url: str = Field(description="Project URL; Supabase: Project Settings > API")
+    supabase_service_role_key: SecretStr = Field(
+        description="service_role key: admin calls present it; Supabase: Project Settings > API"
+    )
+    supabase_anon_key: SecretStr | None = Field(
+        default=None,
+        description="anon (publishable) key, accepted from the existing frontend when ALLOW_ANON_KEY is on; "
+        "Supabase: Project Settings > API",
+    )
+    supabase_jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="legacy JWT secret (HS256 access tokens); Supabase: Project Settings > JWT Keys",
+    )
+    supabase_jwks_url: str | None = Field(
+        default=None,
+        description="where the project publishes its asymmetric signing keys "
+        "(default: {SUPABASE_URL}/auth/v1/.well-known/jwks.json)",
+    )
+    allow_anon_key: bool = Field(
+        default=True,
+        description="accept the anon key as the old edge function did (batches that belong to no user)",
+    )
+    cors_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default=["*"], description="origins allowed to call the functions from a browser, comma-separated"
+    )
+    rate_limit_per_minute: float = Field(
+        default=30, gt=0, description="generate-images calls per user per minute (sustained)"
+    )
+    rate_limit_burst: int = Field(
+        default=10, ge=1, description="generate-images calls a user may make at once"
+    )
+    sse_ping_seconds: float = Field(default=15, gt=0, description="keep-alive comment interval on streams")
+
+    @field_validator("cors_allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @property
+    def jwks_url(self) -> str:
+        return self.supabase_jwks_url or f"{self.supabase_url.rstrip('/')}/auth/v1/.well-known/jwks.json"
+
+
+def load_api_settings() -> ApiSettings:
+    return ApiSettings()  # type: ignore[call-arg]

@@ -1,0 +1,33 @@
+"""GET /functions/v1/batch-status?batch_id=...: a batch's snapshot as JSON (owner or admin).
+
+Each job's state, URL or error, attempts, and while it waits its place in the queue.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from api.batches import batch_snapshot
+from api.context import FunctionContext
+from api.errors import HttpError
+
+METHODS = ["GET"]
+
+
+async def handle(request: Request, ctx: FunctionContext) -> Response:
+    caller = await ctx.caller(request)
+    try:
+        batch_id = UUID(request.query_params.get("batch_id", ""))
+    except ValueError:
+        raise HttpError(400, "batch_id: a batch id (UUID) is required") from None
+    async with ctx.pool.connection() as conn:
+        snapshot = await batch_snapshot(conn, batch_id)
+    if snapshot is None:
+        raise HttpError(404, f"batch {batch_id} not found")
+    owner = UUID(snapshot["user_id"]) if snapshot["user_id"] else None
+    if not caller.may_see(owner):
+        raise HttpError(403, f"batch {batch_id} is not yours")
+    return JSONResponse(snapshot)

@@ -1,0 +1,53 @@
+"""POST /functions/v1/generate-images: the old edge function's contract, on the pipeline.
+
+Body ``{prompts, quality?, aspectRatio?, projectId?, seed?, stream?, wait?}``; prompts are
+strings or ``{index, prompt, startTime, endTime}``. The batch is inserted as the caller
+(RLS applies) and the dispatcher takes it from there. Then:
+- ``stream: true``: the batch's progress as SSE, ending with ``complete``;
+- ``wait: false``: ``202 {batch_id}`` at once;
+- otherwise: ``{success, images, total, failed, batch_id}`` once the batch is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from api.batches import BatchRequest, insert_batch
+from api.context import FunctionContext, json_object
+from api.errors import HttpError
+from api.streams import event_stream
+
+METHODS = ["POST"]
+
+
+async def handle(request: Request, ctx: FunctionContext) -> Response:
+    caller = await ctx.caller(request)
+    retry_in_s = ctx.limiter.take(caller.rate_limit_key)
+    if retry_in_s:
+        raise HttpError(
+            429,
+            f"too many requests: try again in {retry_in_s:.0f} s",
+            headers={"Retry-After": str(max(1, round(retry_in_s)))},
+        )
+    body = await json_object(request)
+    batch = BatchRequest.from_body(body)
+    async with ctx.pool.connection() as conn:
+        batch_id = await insert_batch(conn, caller, batch)
+
+    if body.get("wait") is False and not body.get("stream"):
+        return JSONResponse({"batch_id": str(batch_id)}, status_code=202)
+    resources = contextlib.AsyncExitStack()
+    # trusted: a batch made with the anon key belongs to nobody, but its creator's stream follows it.
+    subscription = await resources.enter_async_context(
+        ctx.broker.subscribe(caller, [batch_id], {}, trusted=True)
+    )
+    if body.get("stream"):
+        return event_stream(subscription, resources, ctx.settings.sse_ping_seconds)
+    async with resources:
+        async for event in subscription.events():
+            if event.kind == "complete":
+                return JSONResponse({**event.payload, "batch_id": str(batch_id)})
+    raise HttpError(503, "the server is shutting down; the batch goes on: follow it with batch-events")
