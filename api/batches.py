@@ -171,7 +171,7 @@ async def batch_snapshot(conn: psycopg.AsyncConnection[Any], batch_id: UUID) -> 
 # due first); a job waiting out a retry backoff counts from when it is due.
 _JOBS = """
 with queue as (
-    select id, row_number() over (order by run_after, created_at, id) as queue_position
+    select id, row_number() over (order by run_after, created_at, batch_id, position) as queue_position
       from public.image_jobs where status = 'queued'
 )
 select j.id, j.position, j.prompt, j.status, j.image_url, j.error, j.attempts, j.max_attempts,

@@ -1,7 +1,10 @@
 """A subscription as a Server-Sent Events response.
 
 Every event's data is one line of JSON with a ``type``; every event has an ``id``
-that resumes exactly after it (Last-Event-ID). Once the stream has started, a
+that resumes exactly after it (Last-Event-ID). Each event is written as
+``data: {...}\nid: N\n\n``: data first and ``\n`` line ends, because the existing
+frontend splits the body on ``\n\n`` and reads the first line of each block
+(the spec allows any field order). Once the stream has started, a
 failure is an ``error`` event, never a status code: EventSource gives up for good
 on a non-200 answer.
 """
@@ -30,24 +33,26 @@ def event_stream(
     return EventSourceResponse(
         _frames(subscription, resources),
         ping=ping_s,
+        sep="\n",
         background=BackgroundTask(resources.aclose),
     )
 
 
-async def _frames(
-    subscription: Subscription, resources: contextlib.AsyncExitStack
-) -> AsyncIterator[dict[str, Any]]:
+async def _frames(subscription: Subscription, resources: contextlib.AsyncExitStack) -> AsyncIterator[bytes]:
     try:
         async for event in subscription.events():
-            yield {"id": subscription.cursor_token(), "data": _line(event.data())}
+            yield _frame(event.data(), subscription.cursor_token())
         if subscription.closed and not subscription.caught_up_and_finished:
-            yield {"data": _line({"type": "error", "error": "the server is shutting down; reconnect"})}
+            yield _frame({"type": "error", "error": "the server is going away; reconnect"})
     except Exception as exc:
         log.exception("stream.failed")
-        yield {"data": _line({"type": "error", "error": f"stream failed: {type(exc).__name__}"})}
+        yield _frame({"type": "error", "error": f"stream failed: {type(exc).__name__}"})
     finally:
         await resources.aclose()
 
 
-def _line(data: dict[str, Any]) -> str:
-    return json.dumps(data, separators=(",", ":"), default=str)
+def _frame(data: dict[str, Any], event_id: str | None = None) -> bytes:
+    frame = f"data: {json.dumps(data, separators=(',', ':'), default=str)}\n"
+    if event_id is not None:
+        frame += f"id: {event_id}\n"
+    return (frame + "\n").encode()

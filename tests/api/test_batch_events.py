@@ -15,10 +15,6 @@ from tests.dispatcher.conftest import wait_until
 PROMPTS = ["The coronation of Charlemagne", "The Battle of Hastings", "Gutenberg's press"]
 
 
-def is_complete(event: SseEvent) -> bool:
-    return event.data["type"] == "complete"
-
-
 async def finished_batch(api: Api, failures: int = 0) -> UUID:
     batch_id = await api.submit(PROMPTS)
     for index, job_id in enumerate(await job_ids(api.database_url, batch_id)):
