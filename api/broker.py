@@ -16,6 +16,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from uuid import UUID
 
@@ -44,6 +45,11 @@ class StreamEvent:
     def data(self) -> dict[str, Any]:
         """The SSE data: one JSON object with its ``type`` (what the old edge function's client reads)."""
         return {"type": self.kind, "batch_id": str(self.batch_id), **self.payload}
+
+    @cached_property
+    def data_line(self) -> bytes:
+        """Encoded once, however many subscribers receive it."""
+        return b"data: " + json.dumps(self.data(), separators=(",", ":"), default=str).encode() + b"\n"
 
 
 @dataclass(eq=False)
@@ -109,17 +115,27 @@ class Subscription:
             b.finished and self.cursors.get(b.batch_id, 0) >= b.last_seq for b in self.logs
         )
 
-    async def events(self) -> AsyncIterator[StreamEvent]:
+    async def pending(self) -> AsyncIterator[list[tuple[StreamEvent, str]]]:
+        """Everything new since the last read, each event with the cursor token just after it; the
+        events of one wake come together (one write per subscriber, not one per event)."""
         while not self.closed:
             self.wake.clear()  # before reading: a wake during the read is not lost
+            new: list[tuple[StreamEvent, str]] = []
             for batch in list(self.logs):
                 cursor = self.cursors.get(batch.batch_id, 0)
                 for event in batch.events[cursor:]:
                     self.cursors[batch.batch_id] = event.seq
-                    yield event
+                    new.append((event, self.cursor_token()))
+            if new:
+                yield new
             if self.caught_up_and_finished:
                 return
             await self.wake.wait()
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        async for new in self.pending():
+            for event, _ in new:
+                yield event
 
     def cursor_token(self) -> str:
         """The SSE ``id``: the seq for a one-batch stream, else ``batch:seq`` per unfinished batch."""

@@ -40,8 +40,8 @@ def event_stream(
 
 async def _frames(subscription: Subscription, resources: contextlib.AsyncExitStack) -> AsyncIterator[bytes]:
     try:
-        async for event in subscription.events():
-            yield _frame(event.data(), subscription.cursor_token())
+        async for new in subscription.pending():
+            yield b"".join(event.data_line + b"id: " + token.encode() + b"\n\n" for event, token in new)
         if subscription.closed and not subscription.caught_up_and_finished:
             yield _frame({"type": "error", "error": "the server is going away; reconnect"})
     except Exception as exc:

@@ -108,12 +108,15 @@ class DispatcherProcess:
 
 
 @contextlib.asynccontextmanager
-async def dispatcher_process(environment: dict[str, str], port: int = 0) -> AsyncIterator[DispatcherProcess]:
+async def dispatcher_process(
+    environment: dict[str, str], port: int = 0, command: str = "dispatch"
+) -> AsyncIterator[DispatcherProcess]:
+    """``zimage <command>`` (dispatch, http or serve) in its own process."""
     port = port or free_port()
     log = Path(tempfile.mkdtemp(prefix="zimage-bench-")) / "dispatcher.log"
     with log.open("wb") as output:
         process = subprocess.Popen(  # noqa: ASYNC220 (started once, before the measurement)
-            [sys.executable, "-m", "dispatcher.cli", "dispatch", "--port", str(port)],
+            [sys.executable, "-m", "dispatcher.cli", command, "--port", str(port)],
             env={**os.environ, **environment},
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -127,7 +130,7 @@ async def dispatcher_process(environment: dict[str, str], port: int = 0) -> Asyn
                     if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
                         break
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the dispatcher did not start; see {log}")
+                    raise RuntimeError(f"zimage {command} did not start; see {log}")
                 await asyncio.sleep(0.05)
         await asyncio.sleep(0.3)  # its LISTEN connection is up by now
         yield running

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from pydantic import ValidationError
@@ -15,6 +16,17 @@ from dispatcher.schema import apply_migrations, apply_shim
 from dispatcher.settings import load_database_settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def run_service(main: Coroutine[Any, Any, None]) -> None:
+    """A long-running service on uvloop where it is installed (the SSE fan-out and the dispatcher
+    are bound by the event loop), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -35,7 +47,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     settings = load_dispatcher_settings()
     configure_logging()
-    asyncio.run(serve_dispatcher(settings, args.host, args.port))
+    run_service(serve_dispatcher(settings, args.host, args.port))
     return EXIT_OK
 
 
@@ -48,7 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
     api_settings = load_api_settings()
     dispatcher_settings = load_dispatcher_settings() if args.command == "serve" else None
     configure_logging()
-    asyncio.run(serve(api_settings, dispatcher_settings, args.host, args.port))
+    run_service(serve(api_settings, dispatcher_settings, args.host, args.port))
     return EXIT_OK
 
 
