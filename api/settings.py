@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import NoDecode
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dispatcher.settings import DatabaseSettings
 
@@ -58,3 +58,21 @@ class ApiSettings(DatabaseSettings):
 
 def load_api_settings() -> ApiSettings:
     return ApiSettings()  # type: ignore[call-arg]
+
+
+class ClientSettings(BaseSettings):
+    """``zimage submit``: where the app is and whose token to send."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    zimage_api_url: str = Field(
+        default="http://127.0.0.1:8080", description="base URL of the app (`zimage serve` or `zimage http`)"
+    )
+    zimage_token: SecretStr | None = Field(
+        default=None, description="access token to send (default: SUPABASE_SERVICE_ROLE_KEY)"
+    )
+    supabase_service_role_key: SecretStr | None = None
+
+    def token(self) -> str | None:
+        key = self.zimage_token or self.supabase_service_role_key
+        return key.get_secret_value() if key else None

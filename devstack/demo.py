@@ -1,28 +1,32 @@
 """``zimage demo``: the whole pipeline on this machine, through the real path.
 
-The local stack (Postgres with the shim and migrations, the RunPod stand-in with
-real workers on the tiny offline Z-Image pipeline, or synthetic ones, the Storage
-stand-in) and a dispatcher start; a batch is inserted exactly as the frontend
-inserts it (as a signed-in user, through RLS); its progress events are printed as
-they arrive; the stored PNGs are listed at the end. Everything stops on exit.
+The local stack starts (Postgres with the shim and migrations, the RunPod stand-in with real
+workers on the tiny offline Z-Image pipeline, or on MODEL_ID's weights, or synthetic workers;
+the Storage stand-in), then the app and the dispatcher in this process. The prompts go in as
+the frontend sends them: POST generate-images with a signed-in user's token, then its SSE
+stream, drawn as a progress bar. At the end: where the PNGs are, their URLs, and the progress
+page's address. With ``keep`` everything stays up until Ctrl-C; nothing is left behind either way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
-import psycopg
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from devstack.frontend import insert_batch_as_user
+from api.client import ApiError, ProgressBar, submit
+from api.serve import running_app
+from api.settings import ApiSettings
+from devstack.servers import LoopbackServer
 from devstack.stack import Devstack, DevstackConfig
-from dispatcher.service import running_service
 from dispatcher.settings import DispatcherSettings
 
-DEMO_USER = "00000000-0000-4000-8000-000000000001"
+DEMO_USER = "00000000-0000-4000-8000-000000000001"  # supabase/seed.sql
 DEFAULT_PROMPTS = [
     "The signing of the Magna Carta at Runnymede, 1215, oil painting",
     "Roman legionaries building Hadrian's Wall, misty morning",
@@ -30,71 +34,85 @@ DEFAULT_PROMPTS = [
 ]
 
 
-def run_demo(prompts: list[str], synthetic: bool = False, data_dir: Path | None = None) -> int:
-    return asyncio.run(_demo(prompts or DEFAULT_PROMPTS, synthetic, data_dir))
+class DemoSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    model_id: str | None = None  # real weights (a Hub id or a directory) for the real workers
 
 
-async def _demo(prompts: list[str], synthetic: bool, data_dir: Path | None) -> int:
-    say("Starting the local stack (Postgres, RunPod and Storage stand-ins, workers)...")
-    stack = Devstack(DevstackConfig(synthetic=synthetic, workers=2, execution_time="1", data_dir=data_dir))
+def run_demo(
+    prompts: list[str],
+    synthetic: bool = False,
+    data_dir: Path | None = None,
+    keep: bool = False,
+    port: int = 0,
+) -> int:
+    return asyncio.run(_demo(prompts or DEFAULT_PROMPTS, synthetic, data_dir, keep, port))
+
+
+async def _demo(prompts: list[str], synthetic: bool, data_dir: Path | None, keep: bool, port: int) -> int:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    model_id = DemoSettings().model_id
+    say("Starting the local stack (Postgres, the RunPod and Storage stand-ins, workers)...")
+    config = DevstackConfig(
+        synthetic=synthetic, workers=2, execution_time="1", data_dir=data_dir, model_id=model_id
+    )
+    stack = Devstack(config)
     try:
         await stack.start()
         say(describe(stack))
-        async with running_service(dispatcher_settings(stack)):
-            batch_id = await insert_batch_as_user(stack.database_url, DEMO_USER, prompts)
-            say(f"Inserted batch {batch_id} as the demo user, as the frontend does; following its events:")
-            complete = await follow(stack.database_url, batch_id)
-        images = list(complete["images"])
-        say(f"Done: {len(images)} of {complete['total']} images stored, {complete['failed']} failed.")
-        for path in sorted((stack.storage.root / "generated-assets").rglob("*.png")):
-            say(f"  {path}")
-        for url in images:
-            say(f"  {url} (served until the demo stops)")
+        environment = {name.lower(): value for name, value in stack.environment().items()}
+        api_settings = ApiSettings.model_validate(environment)
+        dispatcher_settings = DispatcherSettings.model_validate({**environment, "sweep_interval_seconds": 1})
+        async with running_app(api_settings, dispatcher_settings) as (app, context):
+            server = await LoopbackServer(app, "app", port=port).start()
+            token = stack.keys.user_token(DEMO_USER, ttl_s=24 * 3600)
+            say(f"The app serves {server.url}; submitting {len(prompts)} prompts as the demo user would:")
+            try:
+                complete = await submit(server.url, token, {"prompts": prompts}, ProgressBar("demo"))
+            except ApiError as error:
+                say(f"The app refused the batch: {error}")
+                return 1
+            report(stack, complete)
+            page = f"{server.url}/#token={token}"
+            if keep:
+                say(f"Still running. Open {page} to generate more; Ctrl-C stops everything.")
+                await _until_interrupted(stopping)
+            else:
+                say(f"The progress page was {page} (run with --keep to use it).")
+            context.broker.close()
+            await server.stop()
         return 0 if complete["failed"] == 0 else 1
     finally:
         await stack.stop()
         say(f"Stopped everything; the PNGs stay under {stack.storage.root}.")
 
 
+async def _until_interrupted(stopping: asyncio.Event) -> None:
+    # Ctrl-C: asyncio.run cancels this task; the cleanup after it runs all the same.
+    with contextlib.suppress(asyncio.CancelledError):
+        await stopping.wait()
+
+
 def describe(stack: Devstack) -> str:
     if stack.config.synthetic:
         return "Workers: synthetic (a load generator returning flat PNGs; no model)."
+    if stack.config.model_id:
+        return f"Workers: the real worker under the runpod SDK, on MODEL_ID={stack.model_id}."
     return (
-        f"Workers: the real worker under the runpod SDK, on {stack.model_id} (unless MODEL_ID names real "
-        "weights, that is the tiny offline Z-Image pipeline with random weights: its images are noise)."
+        f"Workers: the real worker under the runpod SDK, on the tiny offline Z-Image pipeline at "
+        f"{stack.model_id} (random weights, so the images are noise; set MODEL_ID for real weights)."
     )
 
 
-def dispatcher_settings(stack: Devstack) -> DispatcherSettings:
-    environment = {name.lower(): value for name, value in stack.environment().items()}
-    return DispatcherSettings.model_validate({**environment, "sweep_interval_seconds": 1})
-
-
-async def follow(database_url: str, batch_id: UUID) -> dict[str, Any]:
-    """Print the batch's events as they are recorded; return the final 'complete' payload."""
-    last_id = 0
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await conn.execute("listen image_job_events")
-        while True:
-            rows = await (
-                await conn.execute(
-                    "select id, kind, payload from image_job_events"
-                    " where batch_id = %s and id > %s order by id",
-                    (batch_id, last_id),
-                )
-            ).fetchall()
-            for event_id, kind, payload in rows:
-                last_id = event_id
-                if kind == "progress":
-                    say(f"  {payload['message']}")
-                elif kind in {"image", "failed", "retrying"}:
-                    detail = payload.get("url") or payload.get("error")
-                    say(f"  {kind}: image {payload['position'] + 1} {detail}")
-                elif kind == "complete":
-                    complete: dict[str, Any] = payload
-                    return complete
-            async for _ in conn.notifies(timeout=1.0, stop_after=1):
-                pass
+def report(stack: Devstack, complete: dict[str, Any]) -> None:
+    say(f"Done: {len(complete['images'])} of {complete['total']} images stored, {complete['failed']} failed.")
+    for path in sorted((stack.storage.root / "generated-assets").rglob("*.png")):
+        say(f"  {path}")
+    for url in complete["images"]:
+        say(f"  {url}")
 
 
 def say(line: str) -> None:

@@ -71,7 +71,7 @@ def _demo(args: argparse.Namespace) -> int:
     from dispatcher.logs import configure_logging
 
     configure_logging(logging.WARNING)  # the demo prints its own story; logs only for trouble
-    return run_demo(prompts=args.prompt, synthetic=args.synthetic, data_dir=args.data_dir)
+    return run_demo(args.prompt, args.synthetic, args.data_dir, args.keep, args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,9 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the pipeline locally end to end",
         description="Start the local stack (Postgres with the shim and migrations, the RunPod stand-in with "
-        "real workers on the tiny offline Z-Image pipeline, the Storage stand-in) and a dispatcher, insert a "
-        "batch as the frontend does, print its progress, and list the stored PNGs. Exit 0 when every image "
-        "was stored. Nothing is left running afterwards.",
+        "real workers on the tiny offline Z-Image pipeline - or on MODEL_ID's weights - and the Storage "
+        "stand-in), the app and the dispatcher; submit the prompts through generate-images as the frontend "
+        "does, draw the batch's progress, and list the stored PNGs, their URLs and the progress page. Exit 0 "
+        "when every image was stored. Nothing is left running afterwards (with --keep: after Ctrl-C).",
     )
     demo.add_argument("prompt", nargs="*", help="prompts to submit (a few history scenes by default)")
     demo.add_argument(
@@ -140,10 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--data-dir", type=Path, help="where the PNGs are written (default: a temporary directory)"
     )
+    demo.add_argument(
+        "--keep", action="store_true", help="keep everything running afterwards, for the page, until Ctrl-C"
+    )
+    demo.add_argument("--port", type=int, default=0, help="the app's port (default: a free one)")
     demo.set_defaults(run=_demo)
 
+    from api.commands import add_operator_commands
     from devstack.cli import add_devstack_commands
 
+    add_operator_commands(commands)
     add_devstack_commands(commands)
     return parser
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import shlex
 import signal
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
@@ -16,6 +13,7 @@ import pytest
 import runpod
 
 from devstack.png import solid_png
+from tests.devstack.running import running_devstack
 
 EXPECTED = {
     "DATABASE_URL",
@@ -29,19 +27,6 @@ EXPECTED = {
 }
 
 
-def read_exports(process: subprocess.Popen[str], timeout_s: float = 60) -> dict[str, str]:
-    exports: dict[str, str] = {}
-    deadline = time.monotonic() + timeout_s
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.strip() == "ready":
-            return exports
-        name, _, value = line.removeprefix("export ").strip().partition("=")
-        exports[name] = shlex.split(value)[0]
-        assert time.monotonic() < deadline, "devstack did not get ready in time"
-    raise AssertionError(f"devstack exited before ready: {process.wait()}")
-
-
 def port_open(url: str) -> bool:
     parsed = urlparse(url)
     with socket.socket() as sock:
@@ -51,28 +36,8 @@ def port_open(url: str) -> bool:
 
 @pytest.fixture
 def devstack_up() -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
-    with subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dispatcher.cli",
-            "devstack",
-            "up",
-            "--synthetic",
-            "--workers",
-            "2",
-            "--execution-time",
-            "0.05",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:  # closes the pipes on the way out
-        try:
-            yield process, read_exports(process)
-        finally:
-            if process.poll() is None:
-                process.kill()
+    with running_devstack() as running:
+        yield running
 
 
 def test_up_prints_exports_serves_the_official_clients_and_stops_cleanly(

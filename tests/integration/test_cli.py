@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from devstack.png import png_size
 from devstack.postgres import PostgresCluster
 from dispatcher.schema import migration_files
 
@@ -51,16 +52,35 @@ def test_migrate_names_a_missing_setting() -> None:
     assert "DATABASE_URL" in result.stderr
 
 
-def test_demo_runs_the_pipeline_end_to_end(tmp_path: Path) -> None:
-    result = zimage(
-        "demo", "--synthetic", "--data-dir", str(tmp_path), "a Viking longship", "the Great Library"
-    )
+@pytest.mark.parametrize("workers", ["synthetic", "real"])
+def test_demo_runs_the_pipeline_end_to_end(tmp_path: Path, workers: str) -> None:
+    args = ["--synthetic"] if workers == "synthetic" else []
+    result = zimage("demo", *args, "--data-dir", str(tmp_path), "a Viking longship", "the Great Library")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Creating 2 image jobs..." in result.stdout
-    assert "2/2 images done" in result.stdout
+    assert "Creating 2 image jobs..." in result.stderr  # the progress bar
+    assert "2/2 images done" in result.stderr
+    assert ("tiny offline Z-Image pipeline" in result.stdout) == (workers == "real")
     assert "Done: 2 of 2 images stored, 0 failed." in result.stdout
+    assert "/#token=" in result.stdout  # the progress page
     stored = sorted((tmp_path / "storage" / "generated-assets" / "generated-images").glob("*.png"))
     assert len(stored) == 2
+    for path in stored:
+        assert str(path) in result.stdout
+        assert png_size(path.read_bytes()) == (1024, 576)
+    assert not _processes_under(tmp_path)  # no worker, server or Postgres left behind
+
+
+def _processes_under(directory: Path) -> list[str]:
+    """Command lines of live processes that mention ``directory`` (workers, Postgres)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(directory) in text:
+            found.append(text)
+    return found
 
 
 def test_a_stopped_cluster_leaves_no_server_behind() -> None:
