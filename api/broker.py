@@ -138,13 +138,15 @@ class Subscription:
                 yield event
 
     def cursor_token(self) -> str:
-        """The SSE ``id``: the seq for a one-batch stream, else ``batch:seq`` per unfinished batch."""
+        """The SSE ``id``: the seq for a one-batch stream, else ``batch:seq`` per batch (a feed
+        leaves out the batches it has seen complete: a reconnect need not hear of them again)."""
         if not self.feed and len(self.logs) == 1:
             return str(self.cursors.get(self.logs[0].batch_id, 0))
         return ",".join(
             f"{b.batch_id}:{self.cursors[b.batch_id]}"
             for b in self.logs
-            if self.cursors.get(b.batch_id) and not (b.finished and self.cursors[b.batch_id] >= b.last_seq)
+            if self.cursors.get(b.batch_id)
+            and not (self.feed and b.finished and self.cursors[b.batch_id] >= b.last_seq)
         )
 
 

@@ -13,7 +13,7 @@ import psycopg
 from pydantic import ValidationError
 
 from dispatcher.schema import apply_migrations, apply_shim
-from dispatcher.settings import load_database_settings
+from dispatcher.settings import configuration_errors, load_database_settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -165,9 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except ValidationError as exc:
-        for error in exc.errors():
-            name = str(error["loc"][0]).upper() if error["loc"] else "settings"
-            print(f"zimage: configuration error: {name}: {error['msg']}", file=sys.stderr)
+        for line in configuration_errors(exc):
+            print(f"zimage: configuration error: {line}", file=sys.stderr)
         return EXIT_CONFIG
     except psycopg.OperationalError as exc:
         print(f"zimage: cannot reach the database: {exc}", file=sys.stderr)

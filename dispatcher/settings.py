@@ -9,7 +9,8 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, Literal
 
-from pydantic import Field, PostgresDsn, SecretStr, field_validator
+from pydantic import Field, PostgresDsn, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _CONFIG = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
@@ -77,6 +78,20 @@ class DispatcherSettings(DatabaseSettings):
                 raise ValueError("give at least one endpoint id")
             return ids
         return value
+
+
+def configuration_errors(error: ValidationError) -> list[str]:
+    """One line per bad variable: its name, what is wrong, and where to find the right value."""
+    fields: dict[str, FieldInfo] = {}
+    for model in BaseSettings.__subclasses__() + DatabaseSettings.__subclasses__():
+        if model.__name__ == error.title:
+            fields = model.model_fields
+    lines = []
+    for problem in error.errors():
+        name = str(problem["loc"][0]) if problem["loc"] else "settings"
+        where = fields[name].description if name in fields else None
+        lines.append(f"{name.upper()}: {problem['msg']}" + (f" ({where})" if where else ""))
+    return lines
 
 
 def load_database_settings() -> DatabaseSettings:

@@ -203,3 +203,21 @@ async def _fan_out_connections(database_url: str) -> int:
             )
         ).fetchone()
     return int(row[0]) if row else 0
+
+
+async def test_one_stream_for_several_named_batches_resumes_each_where_it_was(api: Api) -> None:
+    first, second = await finished_batch(api), await finished_batch(api)
+    async with api.client(api.token()) as client:
+        params = {"batch_id": [str(first), str(second)]}
+        async with client.stream("GET", "/functions/v1/batch-events", params=params) as response:
+            everything = await read_events(response)
+        assert [e.data["type"] for e in everything].count("complete") == 2
+        middle = len(everything) // 2 + 1  # into the second batch
+        async with client.stream(
+            "GET",
+            "/functions/v1/batch-events",
+            params=params,
+            headers={"Last-Event-ID": everything[middle].id or ""},
+        ) as response:
+            resumed = await read_events(response)
+    assert [e.data for e in resumed] == [e.data for e in everything[middle + 1 :]]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -49,7 +51,10 @@ def test_migrate_names_a_missing_setting() -> None:
         cwd="/",
     )
     assert result.returncode == 2
-    assert "DATABASE_URL" in result.stderr
+    assert (
+        "DATABASE_URL: Field required (Postgres connection string; on Supabase: Project Settings"
+        in result.stderr
+    )
 
 
 @pytest.mark.parametrize("workers", ["synthetic", "real"])
@@ -68,6 +73,37 @@ def test_demo_runs_the_pipeline_end_to_end(tmp_path: Path, workers: str) -> None
         assert str(path) in result.stdout
         assert png_size(path.read_bytes()) == (1024, 576)
     assert not _processes_under(tmp_path)  # no worker, server or Postgres left behind
+
+
+def test_demo_keep_stays_up_for_the_page_and_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dispatcher.cli",
+            "demo",
+            "--synthetic",
+            "--keep",
+            "--data-dir",
+            str(tmp_path),
+            "a",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("Still running. Open "):
+            page = line.split()[3]
+            break
+    else:
+        raise AssertionError(f"the demo ended early: {process.wait()}")
+    assert httpx.get(page.split("#")[0]).text.startswith("<!doctype html>")
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=60)
+    assert "Stopped everything" in rest
+    assert not _processes_under(tmp_path)
 
 
 def _processes_under(directory: Path) -> list[str]:
