@@ -61,6 +61,16 @@ class LocalKeys:
             algorithm,
         )
 
+    def claims_of(self, token: str) -> dict[str, object] | None:
+        """The verified claims of a token signed with this secret, or None."""
+        try:
+            claims: dict[str, object] = jwt.decode(
+                token, self.jwt_secret, algorithms=["HS256"], options={"verify_aud": False}
+            )
+        except jwt.PyJWTError:
+            return None
+        return claims
+
     def role_of(self, token: str) -> str | None:
         """The verified role claim of a token signed with this secret, or None."""
         try:

@@ -15,7 +15,7 @@ from dispatcher.serving import EmbeddedServer
 class LoopbackServer:
     """start() binds 127.0.0.1 on a free port and returns once listening; stop() closes it."""
 
-    def __init__(self, app: ASGIApp, name: str, port: int = 0) -> None:
+    def __init__(self, app: ASGIApp, name: str, port: int = 0, websockets: bool = False) -> None:
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
@@ -26,7 +26,7 @@ class LoopbackServer:
             # Workers reuse one keep-alive connection between long jobs; uvicorn's 5 s default
             # would close it under them and their result POST would die with a broken pipe.
             timeout_keep_alive=300,
-            ws="none",
+            ws="websockets-sansio" if websockets else "none",
         )
         self._server = EmbeddedServer(config)
         self._name = name

@@ -25,6 +25,7 @@ from starlette.routing import Mount, Route
 
 from devstack.keys import LocalKeys
 from devstack.postgres import PostgresCluster
+from devstack.realtime import RealtimeStandIn
 from devstack.runpod_api import build_runpod_app
 from devstack.runpod_platform import Faults, Platform
 from devstack.servers import LoopbackServer
@@ -98,13 +99,14 @@ class Devstack:
             build_runpod_app(self.platform, self.runpod_api_key, self.worker_key, self.config.take_timeout_s),
             "runpod",
         )
-        self.supabase_server = LoopbackServer(self._supabase_app(), "supabase")
+        self.realtime = RealtimeStandIn(self.keys)
+        self.supabase_server = LoopbackServer(self._supabase_app(), "supabase", websockets=True)
         self.synthetic: list[SyntheticWorkers] = []
         self.processes: list[WorkerProcesses] = []
         self.model_id: str | None = None
 
     def _supabase_app(self) -> Starlette:
-        """What answers at SUPABASE_URL: Storage, and Auth's published signing keys."""
+        """What answers at SUPABASE_URL: Storage, Realtime, and Auth's published signing keys."""
 
         async def jwks(_: Request) -> Response:
             return JSONResponse(self.keys.jwks())
@@ -112,6 +114,7 @@ class Devstack:
         return Starlette(
             routes=[
                 Route("/auth/v1/.well-known/jwks.json", jwks, methods=["GET"]),
+                *self.realtime.routes(),
                 Mount("/", app=self.storage.app()),
             ]
         )
@@ -136,6 +139,7 @@ class Devstack:
         await asyncio.to_thread(self._start_database)
         await self.platform.start()
         await self.runpod_server.start()
+        await self.realtime.start(self.database_url)
         await self.supabase_server.start()
         self._load_buckets()
         if self.config.synthetic:
@@ -151,6 +155,7 @@ class Devstack:
         for synthetic in self.synthetic:
             await synthetic.stop()
         await self.runpod_server.stop()
+        await self.realtime.stop()
         await self.supabase_server.stop()
         await asyncio.to_thread(self.postgres.stop)
 
