@@ -45,7 +45,11 @@ async def subscribe(
     states: list[RealtimeSubscribeStates] = []
     channel = client.channel(f"watch-{table}")
     channel.on_postgres_changes(
-        "INSERT", received.put_nowait, table=table, schema="public", filter=row_filter
+        RealtimePostgresChangesListenEvent.Insert,
+        received.put_nowait,
+        table=table,
+        schema="public",
+        filter=row_filter,
     )
     await channel.subscribe(lambda state, error: states.append(state))
     return client, received, states
