@@ -88,6 +88,7 @@ class RealtimeStandIn:
         self._tables: dict[tuple[str, str], list[dict[str, str]]] = {}  # published table -> columns
         self._changes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self.running = False  # stopped: sockets are closed and new ones refused, as while Realtime restarts
 
     def routes(self) -> list[WebSocketRoute]:
         return [WebSocketRoute("/realtime/v1/websocket", self._serve)]
@@ -129,17 +130,24 @@ class RealtimeStandIn:
             asyncio.create_task(self._relay(), name="realtime-relay"),
         ]
         await self.listener.connected.wait()
+        self.running = True
 
     async def stop(self) -> None:
+        self.running = False
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for subscriber in list(self.subscribers):
             with contextlib.suppress(Exception):
                 await subscriber.socket.close(1001)
+        self.subscribers.clear()
+        self._changes = asyncio.Queue()
 
     # ---- the socket ----------------------------------------------------------------
     async def _serve(self, socket: WebSocket) -> None:
+        if not self.running:
+            await socket.close(code=1013, reason="realtime is restarting")
+            return
         if self.keys.role_of(socket.query_params.get("apikey", "")) is None:
             await socket.close(code=4001, reason="invalid apikey")
             return

@@ -19,7 +19,7 @@ from dispatcher.runpod import HttpShards, RetryPolicy, RunPodClient, http_client
 from dispatcher.settings import DispatcherSettings
 from dispatcher.storage import SupabaseStorage
 from dispatcher.store import PostgresJobStore, connection_pool
-from dispatcher.wakeup import PostgresListener
+from dispatcher.wakeup import PostgresListener, RealtimeListener
 
 log = structlog.get_logger("dispatcher.service")
 
@@ -30,6 +30,7 @@ class Service:
     pool: AsyncConnectionPool
     http: HttpShards
     listener: PostgresListener
+    realtime: RealtimeListener
 
     def app(self) -> Starlette:
         return Starlette(routes=dispatcher_routes(self.dispatcher, self.pool))
@@ -59,17 +60,26 @@ async def running_service(
         {"image_jobs_queued": dispatcher.wake, "image_job_completed": dispatcher.hint_completed},
         on_connect=dispatcher.wake,
     )
+    realtime = RealtimeListener(
+        settings.supabase_url,
+        settings.supabase_service_role_key.get_secret_value(),
+        on_wake=dispatcher.wake,
+        on_connect=dispatcher.wake,
+    )
     tasks = [asyncio.create_task(dispatcher.run(), name="dispatcher")]
-    if settings.wakeup_source == "postgres":
+    if settings.wakeup_source in ("postgres", "both"):
         tasks.append(asyncio.create_task(listener.run(), name="listener"))
+    if settings.wakeup_source in ("realtime", "both"):
+        tasks.append(asyncio.create_task(realtime.run(), name="realtime"))
     log.info(
         "dispatcher.started",
         dispatcher_id=settings.dispatcher_id,
         endpoints=settings.runpod_endpoint_id,
         webhook=bool(settings.webhook_public_url),
+        wakeup=settings.wakeup_source,
     )
     try:
-        yield Service(dispatcher, pool, http, listener)
+        yield Service(dispatcher, pool, http, listener, realtime)
     finally:
         await dispatcher.stop(stop_grace_s)
         for task in tasks:

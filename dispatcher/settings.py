@@ -64,9 +64,10 @@ class DispatcherSettings(DatabaseSettings):
         gt=0,
         description="poll every N seconds instead of adaptively (the old service's way; for comparison)",
     )
-    wakeup_source: Literal["postgres", "none"] = Field(
+    wakeup_source: Literal["postgres", "realtime", "both", "none"] = Field(
         default="postgres",
-        description="postgres: LISTEN (needs a direct or session-pooled DATABASE_URL); none: the sweep alone",
+        description="postgres: LISTEN (needs a direct or session-pooled DATABASE_URL); realtime: Supabase "
+        "Realtime (SUPABASE_URL and the key only); both; none: the sweep alone",
     )
 
     @field_validator("runpod_endpoint_id", mode="before")
