@@ -43,6 +43,7 @@ class BenchCloud:
     storage_server: LoopbackServer
     keys: LocalKeys
     workers: list[SyntheticWorkers]
+    storage: LocalStorage
 
     def settings(self, database: str, **overrides: Any) -> DispatcherSettings:
         return DispatcherSettings.model_validate(
@@ -153,7 +154,7 @@ async def bench_cloud() -> AsyncIterator[BenchCloud]:
         await platform.start()
         await runpod_server.start()
         await storage_server.start()
-        cloud = BenchCloud(postgres, platform, runpod_server, storage_server, keys, [])
+        cloud = BenchCloud(postgres, platform, runpod_server, storage_server, keys, [], storage)
         try:
             yield cloud
         finally:

@@ -1,6 +1,7 @@
 """Pickup latency: from a batch's INSERT commit to its RunPod /run request arriving at the
-stand-in, at a steady rate of single-prompt batches. LISTEN/NOTIFY wake-up and sweep-only
-are measured side by side in one run, each on a fresh database. Prints one JSON object on
+stand-in, at a steady rate of single-prompt batches. The wake-ups are measured side by side
+in one run, each on a fresh database: LISTEN/NOTIFY, Supabase Realtime (through the Realtime
+stand-in, relaying from the same Postgres), and the sweep alone. Prints one JSON object on
 its last line.
 
     python bench/pickup.py [--rate 100] [--seconds 5] [--sweep 1.0]
@@ -10,34 +11,58 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
 
 import psycopg
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._cloud import USER, BenchCloud, bench_cloud, dispatcher_process, summary_ms
+from devstack.realtime import RealtimeStandIn
+from devstack.servers import LoopbackServer
 
 
 async def measure(
     cloud: BenchCloud, mode: str, rate: float, seconds: float, sweep_s: float
 ) -> dict[str, object]:
     database = cloud.fresh_database(f"pickup_{mode.replace('-', '_')}")
-    environment = cloud.environment(
-        database,
-        WAKEUP_SOURCE="postgres" if mode == "listen" else "none",
-        SWEEP_INTERVAL_SECONDS=str(sweep_s),
-        MAX_IN_FLIGHT="4096",
-        MAX_IN_FLIGHT_PER_USER="4096",
-    )
+    async with contextlib.AsyncExitStack() as realtime:
+        overrides = {}
+        if mode == "realtime":  # Storage and Realtime under one SUPABASE_URL, as on Supabase
+            standin = RealtimeStandIn(cloud.keys)
+            await standin.start(cloud.postgres.dsn(database))
+            realtime.push_async_callback(standin.stop)
+            app = Starlette(routes=[*standin.routes(), Mount("/", app=cloud.storage.app())])
+            server = await LoopbackServer(app, "supabase", websockets=True).start()
+            realtime.push_async_callback(server.stop)
+            overrides["SUPABASE_URL"] = server.url
+        environment = cloud.environment(
+            database,
+            WAKEUP_SOURCE={"listen": "postgres", "realtime": "realtime"}.get(mode, "none"),
+            SWEEP_INTERVAL_SECONDS=str(sweep_s),
+            MAX_IN_FLIGHT="4096",
+            MAX_IN_FLIGHT_PER_USER="4096",
+            **overrides,
+        )
+        return await _pickup(cloud, database, environment, mode, rate, seconds)
+
+
+async def _pickup(
+    cloud: BenchCloud, database: str, environment: dict[str, str], mode: str, rate: float, seconds: float
+) -> dict[str, object]:
     inserted: dict[str, float] = {}
     async with (
         dispatcher_process(environment),
         await psycopg.AsyncConnection.connect(cloud.postgres.dsn(database), autocommit=True) as conn,
     ):
+        if mode == "realtime":
+            await asyncio.sleep(2)  # its Realtime subscription is up by now (it logs when)
         started, count = time.monotonic(), int(rate * seconds)
         for n in range(count):
             await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
@@ -76,7 +101,7 @@ async def main() -> None:
         cloud.start_workers(16, "0")
         results = [
             await measure(cloud, mode, args.rate, args.seconds, args.sweep)
-            for mode in ("listen", "sweep-only")
+            for mode in ("listen", "realtime", "sweep-only")
         ]
     for result in results:
         print(f"{result['mode']:>10}: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms", file=sys.stderr)
