@@ -26,8 +26,8 @@ def add_devstack_commands(commands: argparse._SubParsersAction[argparse.Argument
         help="start Postgres, the RunPod and Storage stand-ins, and workers, in the foreground",
         description="Start a throwaway Postgres (Supabase shim, migrations, seed), the RunPod stand-in "
         "with real workers (python -m worker under the runpod SDK) or synthetic ones, and the Supabase "
-        "Storage stand-in, on free loopback ports. When ready, print one `export NAME=value` line per "
-        "setting, then `ready`, so that `eval` can take them. Ctrl-C or SIGTERM stops everything.",
+        "Storage and Realtime stand-ins, on free loopback ports. When ready, print one `export NAME=value` "
+        "line per setting, then `ready`, so that `eval` can take them. Ctrl-C or SIGTERM stops everything.",
     )
     up.add_argument(
         "--synthetic",
