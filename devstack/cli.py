@@ -58,7 +58,12 @@ def add_devstack_commands(commands: argparse._SubParsersAction[argparse.Argument
 
 
 def run_up(args: argparse.Namespace) -> int:
+    import logging
+
     from devstack.stack import Devstack, DevstackConfig
+    from dispatcher.logs import configure_logging
+
+    configure_logging(logging.WARNING)  # on stderr: stdout is for the exports `eval` takes
 
     config = DevstackConfig(
         synthetic=args.synthetic,
