@@ -8,8 +8,9 @@ then its progress as it runs again).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TypeVar
 from uuid import UUID
 
 from starlette.requests import Request
@@ -19,18 +20,20 @@ from api.context import FunctionContext, json_object
 from api.errors import HttpError
 
 METHODS = ["POST"]
+T = TypeVar("T")
 
 
 async def handle(request: Request, ctx: FunctionContext) -> Response:
     ctx.admin_only(await ctx.caller(request))
     body = await json_object(request)
-    batch_id = _parse(body, "batch_id", UUID)
-    job_ids = body.get("job_ids")
-    if job_ids is not None:
-        if not isinstance(job_ids, list) or not job_ids:
+    batch_id = _optional("batch_id", body, UUID)
+    raw_job_ids = body.get("job_ids")
+    job_ids: list[UUID] | None = None
+    if raw_job_ids is not None:
+        if not isinstance(raw_job_ids, list) or not raw_job_ids:
             raise HttpError(400, "job_ids: must be a non-empty list of job ids")
-        job_ids = [_parse({"job_ids": value}, "job_ids", UUID) for value in job_ids]
-    failed_since = _parse(body, "failed_since", datetime.fromisoformat)
+        job_ids = [_parse("job_ids", value, UUID) for value in raw_job_ids]
+    failed_since = _optional("failed_since", body, datetime.fromisoformat)
     if batch_id is None and job_ids is None and failed_since is None:
         raise HttpError(400, "give batch_id, job_ids or failed_since")
     if failed_since is not None and failed_since.tzinfo is None:
@@ -43,11 +46,12 @@ async def handle(request: Request, ctx: FunctionContext) -> Response:
     return JSONResponse({"requeued": row[0] if row else 0})
 
 
-def _parse(body: dict[str, Any], name: str, parse: Any) -> Any:
-    value = body.get(name)
-    if value is None:
-        return None
+def _optional(name: str, body: dict[str, object], parse: Callable[[str], T]) -> T | None:
+    return None if body.get(name) is None else _parse(name, body[name], parse)
+
+
+def _parse(name: str, value: object, parse: Callable[[str], T]) -> T:
     try:
-        return parse(value) if isinstance(value, str) else parse(str(value))
+        return parse(str(value))
     except ValueError:
         raise HttpError(400, f"{name}: {value!r} is not valid") from None
