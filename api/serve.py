@@ -26,7 +26,7 @@ async def running_app(
             service = await stack.enter_async_context(running_service(dispatcher))
             extras = Extras(
                 [webhook_route(service.dispatcher, service.pool)],
-                lambda: dispatcher_health(service.dispatcher),
+                lambda: dispatcher_health(service.dispatcher, service.wakeups),
             )
         context = await stack.enter_async_context(running_api(api))
         yield build_app(context, extras), context

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import psycopg
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -58,11 +59,10 @@ async def _pickup(
 ) -> dict[str, object]:
     inserted: dict[str, float] = {}
     async with (
-        dispatcher_process(environment),
+        dispatcher_process(environment) as dispatcher,
         await psycopg.AsyncConnection.connect(cloud.postgres.dsn(database), autocommit=True) as conn,
     ):
-        if mode == "realtime":
-            await asyncio.sleep(2)  # its Realtime subscription is up by now (it logs when)
+        await wakeup_connected(dispatcher.port)
         started, count = time.monotonic(), int(rate * seconds)
         for n in range(count):
             await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
@@ -87,6 +87,15 @@ async def _pickup(
     submitted = cloud.platform.counters.submitted_at
     latencies = [submitted[runpod_id] - inserted[batch_id] for batch_id, runpod_id in rows]
     return {"mode": mode, "batches": count, "picked_up": len(latencies), **summary_ms(latencies)}
+
+
+async def wakeup_connected(port: int, timeout_s: float = 15) -> None:
+    """Until the dispatcher's /healthz says its wake-up sources are connected."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as http:
+        while not all((await http.get(f"http://127.0.0.1:{port}/healthz")).json()["wakeup"].values()):
+            assert time.monotonic() < deadline, "the wake-up source did not connect"
+            await asyncio.sleep(0.05)
 
 
 async def main() -> None:

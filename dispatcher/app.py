@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Mapping
 from uuid import UUID
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -15,9 +17,11 @@ from dispatcher.core import Dispatcher
 from dispatcher.webhook import token_is_valid
 
 
-def dispatcher_routes(dispatcher: Dispatcher, pool: AsyncConnectionPool) -> list[Route]:
+def dispatcher_routes(
+    dispatcher: Dispatcher, pool: AsyncConnectionPool, wakeups: Mapping[str, asyncio.Event]
+) -> list[Route]:
     async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok", **dispatcher_health(dispatcher)})
+        return JSONResponse({"status": "ok", **dispatcher_health(dispatcher, wakeups)})
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
@@ -29,8 +33,14 @@ def dispatcher_routes(dispatcher: Dispatcher, pool: AsyncConnectionPool) -> list
     ]
 
 
-def dispatcher_health(dispatcher: Dispatcher) -> dict[str, object]:
-    return {"dispatcher_id": dispatcher.settings.dispatcher_id, "in_flight": len(dispatcher.active)}
+def dispatcher_health(dispatcher: Dispatcher, wakeups: Mapping[str, asyncio.Event]) -> dict[str, object]:
+    """What it holds, and whether each wake-up source is connected (if not, the sweep alone
+    picks jobs up: slower, never lost)."""
+    return {
+        "dispatcher_id": dispatcher.settings.dispatcher_id,
+        "in_flight": len(dispatcher.active),
+        "wakeup": {name: connected.is_set() for name, connected in wakeups.items()},
+    }
 
 
 def webhook_route(dispatcher: Dispatcher, pool: AsyncConnectionPool) -> Route:

@@ -32,8 +32,15 @@ class Service:
     listener: PostgresListener
     realtime: RealtimeListener
 
+    @property
+    def wakeups(self) -> dict[str, asyncio.Event]:
+        """The enabled wake-up sources, each with its connected flag."""
+        source = self.dispatcher.settings.wakeup_source
+        sources = {"postgres": self.listener.connected, "realtime": self.realtime.connected}
+        return {name: event for name, event in sources.items() if source in (name, "both")}
+
     def app(self) -> Starlette:
-        return Starlette(routes=dispatcher_routes(self.dispatcher, self.pool))
+        return Starlette(routes=dispatcher_routes(self.dispatcher, self.pool, self.wakeups))
 
 
 @contextlib.asynccontextmanager

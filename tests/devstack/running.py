@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 @contextmanager
 def running_devstack(*args: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
-    """The process and the settings it printed; killed afterwards if still running."""
+    """The process and the settings it printed; stopped afterwards if still running."""
     command = [sys.executable, "-m", "dispatcher.cli", "devstack", "up", "--synthetic", "--workers", "2"]
     with subprocess.Popen(
         [*command, "--execution-time", "0.05", *args],
@@ -23,8 +23,14 @@ def running_devstack(*args: str) -> Iterator[tuple[subprocess.Popen[str], dict[s
         try:
             yield process, read_exports(process)
         finally:
-            if process.poll() is None:
-                process.kill()
+            if (
+                process.poll() is None
+            ):  # SIGTERM: it stops its Postgres and workers (SIGKILL would orphan them)
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
 
 
 def read_exports(process: subprocess.Popen[str], timeout_s: float = 60) -> dict[str, str]:

@@ -36,6 +36,7 @@ async def test_realtime_wakes_the_dispatcher(
     # A sweep far slower than the deadline below: only a wake-up can finish the batch in time.
     async with dispatcher(wakeup_source="realtime", supabase_url=url, sweep_interval_seconds=60) as service:
         await asyncio.wait_for(service.realtime.connected.wait(), 10)
+        assert list(service.wakeups) == ["realtime"]  # what /healthz reports
         batch_id = await insert_batch(database_url, ["The Hanging Gardens", "The Lighthouse of Alexandria"])
         complete = await wait_for_batch(database_url, batch_id, timeout_s=10)
     assert complete["failed"] == 0

@@ -79,7 +79,7 @@ def service(command: str, env: dict[str, str]) -> Iterator[str]:
 def test_serve_then_submit_status_and_retry(stack: dict[str, str]) -> None:
     env = environment(stack)
     with service("serve", env) as url:
-        assert "dispatcher" in httpx.get(f"{url}/healthz").json()
+        assert httpx.get(f"{url}/healthz").json()["dispatcher"]["wakeup"] == {"postgres": True}
         client_env = {**env, "ZIMAGE_API_URL": url}
         submitted = zimage("submit", "--json", "--aspect-ratio", "1:1", *PROMPTS, env=client_env)
         assert submitted.returncode == 0, submitted.stderr
