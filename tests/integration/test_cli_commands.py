@@ -22,6 +22,7 @@ from devstack.postgres import free_port
 from tests.devstack.running import running_devstack
 
 PROMPTS = ["The Rosetta Stone", "The Colosseum at dusk"]
+SECRETS = ["SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_ANON_KEY", "SUPABASE_JWT_SECRET", "RUNPOD_API_KEY"]
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,8 @@ def service(command: str, env: dict[str, str]) -> Iterator[str]:
         output, _ = process.communicate(timeout=30)
         assert process.returncode == 0, output
         assert "Traceback" not in output, output
+        for secret in SECRETS:  # logs never carry a key or a token
+            assert env[secret] not in output, f"{secret} reached the log of zimage {command}"
 
 
 def test_serve_then_submit_status_and_retry(stack: dict[str, str]) -> None:
@@ -102,6 +105,14 @@ def test_serve_then_submit_status_and_retry(stack: dict[str, str]) -> None:
                 json.loads(zimage("status", "--json", env=env).stdout)["jobs_by_state"] == {"succeeded": 2}
             )
         )
+
+        # EventSource's way in: the token in the query string (never logged, checked on the way out).
+        events = httpx.get(
+            f"{url}/functions/v1/batch-events",
+            params={"batch_id": result["batch_id"], "access_token": env["SUPABASE_SERVICE_ROLE_KEY"]},
+        )
+        assert events.status_code == 200
+        assert '"type":"complete"' in events.text
 
         human = zimage("submit", *PROMPTS[:1], env=client_env)
         assert human.returncode == 0, human.stderr
