@@ -44,10 +44,6 @@ class Caller:
         own stream, which never asks)."""
         return self.is_admin or (self.kind == "user" and owner == self.user_id)
 
-    @property
-    def rate_limit_key(self) -> str:
-        return str(self.user_id) if self.user_id else self.kind
-
 
 class AuthError(HttpError):
     """401: no, or no valid, credentials."""

@@ -28,6 +28,24 @@ class FunctionContext:
         token = bearer_token(request.headers.get("authorization"), request.query_params.get("access_token"))
         return await self.auth.caller(token)
 
+    def rate_limit(self, caller: Caller, request: Request) -> None:
+        """Users each have their own bucket; anon-key callers (the old frontend: every user shares
+        that key) one per client address, the first X-Forwarded-For hop behind a proxy; admins none."""
+        if caller.is_admin:
+            return
+        if caller.user_id is not None:
+            key = str(caller.user_id)
+        else:
+            forwarded = request.headers.get("x-forwarded-for", "").split(",")[0].strip()
+            key = f"anon:{forwarded or (request.client.host if request.client else '')}"
+        retry_in_s = self.limiter.take(key)
+        if retry_in_s:
+            raise HttpError(
+                429,
+                f"too many requests: try again in {retry_in_s:.0f} s",
+                headers={"Retry-After": str(max(1, round(retry_in_s)))},
+            )
+
     def admin_only(self, caller: Caller) -> None:
         if not caller.is_admin:
             raise HttpError(403, "admin only: use the service-role key or an admin account")

@@ -25,13 +25,7 @@ METHODS = ["POST"]
 
 async def handle(request: Request, ctx: FunctionContext) -> Response:
     caller = await ctx.caller(request)
-    retry_in_s = ctx.limiter.take(caller.rate_limit_key)
-    if retry_in_s:
-        raise HttpError(
-            429,
-            f"too many requests: try again in {retry_in_s:.0f} s",
-            headers={"Retry-After": str(max(1, round(retry_in_s)))},
-        )
+    ctx.rate_limit(caller, request)
     body = await json_object(request)
     batch = BatchRequest.from_body(body)
     async with ctx.pool.connection() as conn:
