@@ -161,6 +161,8 @@ def parse_cursor(token: str | None, batch_ids: list[UUID]) -> dict[UUID, int]:
     cursors: dict[UUID, int] = {}
     for part in token.split(","):
         batch, _, seq = part.rpartition(":")
+        if not seq.isdigit():
+            raise ValueError(f"{part!r}: not batch:position")
         cursors[UUID(batch)] = int(seq)
     return cursors
 

@@ -104,7 +104,9 @@ async def test_another_users_batch_is_forbidden_and_an_unknown_one_not_found(api
         missing = await client.get("/functions/v1/batch-events", params={"batch_id": str(uuid4())})
         malformed = await client.get("/functions/v1/batch-events", params={"batch_id": "42"})
         resume = await client.get(
-            "/functions/v1/batch-events", params={"batch_id": str(batch_id)}, headers={"Last-Event-ID": "x:y"}
+            "/functions/v1/batch-events",
+            params={"batch_id": str(batch_id)},
+            headers={"Last-Event-ID": f"{batch_id}:-1"},
         )
     assert (forbidden.status_code, forbidden.json()["error"]) == (403, f"batch {batch_id} is not yours")
     assert missing.status_code == 404
