@@ -9,7 +9,7 @@ from uuid import UUID, uuid4
 import psycopg
 
 from api.broker import APPLICATION_NAME
-from tests.api.conftest import USER_B, Api, SseEvent, finish_job, job_ids, read_events
+from tests.api.conftest import USER_B, Api, ApiFactory, SseEvent, finish_job, job_ids, read_events
 from tests.dispatcher.conftest import wait_until
 
 PROMPTS = ["The coronation of Charlemagne", "The Battle of Hastings", "Gutenberg's press"]
@@ -223,3 +223,20 @@ async def test_one_stream_for_several_named_batches_resumes_each_where_it_was(ap
         ) as response:
             resumed = await read_events(response)
     assert [e.data for e in resumed] == [e.data for e in everything[middle + 1 :]]
+
+
+async def test_a_quiet_stream_sends_keep_alive_comments(start_api: ApiFactory) -> None:
+    async with start_api(sse_ping_seconds=0.2) as api:
+        batch_id = await api.submit(PROMPTS)  # nobody finishes it: the stream stays quiet
+        async with (
+            api.client(api.token()) as client,
+            client.stream(
+                "GET", "/functions/v1/batch-events", params={"batch_id": str(batch_id)}
+            ) as response,
+        ):
+            comments = 0
+            async for line in response.aiter_lines():
+                comments += line.startswith(":")
+                if comments == 2:
+                    break
+    assert comments == 2
