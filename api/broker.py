@@ -49,7 +49,12 @@ class StreamEvent:
     @cached_property
     def data_line(self) -> bytes:
         """Encoded once, however many subscribers receive it."""
-        return b"data: " + json.dumps(self.data(), separators=(",", ":"), default=str).encode() + b"\n"
+        return data_line(self.data())
+
+
+def data_line(data: dict[str, Any]) -> bytes:
+    """An SSE ``data:`` line: one line of compact JSON (JSON escapes any newline inside)."""
+    return b"data: " + json.dumps(data, separators=(",", ":"), default=str).encode() + b"\n"
 
 
 @dataclass(eq=False)

@@ -12,15 +12,13 @@ on a non-200 answer.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import structlog
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from api.broker import Subscription
+from api.broker import Subscription, data_line
 
 log = structlog.get_logger("api.streams")
 
@@ -43,16 +41,14 @@ async def _frames(subscription: Subscription, resources: contextlib.AsyncExitSta
         async for new in subscription.pending():
             yield b"".join(event.data_line + b"id: " + token.encode() + b"\n\n" for event, token in new)
         if subscription.closed and not subscription.caught_up_and_finished:
-            yield _frame({"type": "error", "error": "the server is going away; reconnect"})
+            yield _error("the server is going away; reconnect")
     except Exception as exc:
         log.exception("stream.failed")
-        yield _frame({"type": "error", "error": f"stream failed: {type(exc).__name__}"})
+        yield _error(f"stream failed: {type(exc).__name__}")
     finally:
         await resources.aclose()
 
 
-def _frame(data: dict[str, Any], event_id: str | None = None) -> bytes:
-    frame = f"data: {json.dumps(data, separators=(',', ':'), default=str)}\n"
-    if event_id is not None:
-        frame += f"id: {event_id}\n"
-    return (frame + "\n").encode()
+def _error(message: str) -> bytes:
+    """An ``error`` event: no id, so a reconnect resumes after the last real event."""
+    return data_line({"type": "error", "error": message}) + b"\n"

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from starlette.applications import Starlette
-from starlette.routing import Mount
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._cloud import USER, BenchCloud, bench_cloud, dispatcher_process, summary_ms
 from devstack.realtime import RealtimeStandIn
 from devstack.servers import LoopbackServer
+from devstack.stack import supabase_app
 
 
 async def measure(
@@ -39,7 +38,7 @@ async def measure(
             standin = RealtimeStandIn(cloud.keys)
             await standin.start(cloud.postgres.dsn(database))
             realtime.push_async_callback(standin.stop)
-            app = Starlette(routes=[*standin.routes(), Mount("/", app=cloud.storage.app())])
+            app = supabase_app(cloud.keys, cloud.storage, standin)
             server = await LoopbackServer(app, "supabase", websockets=True).start()
             realtime.push_async_callback(server.stop)
             overrides["SUPABASE_URL"] = server.url

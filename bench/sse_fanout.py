@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from api.broker import APPLICATION_NAME
 from bench._cloud import USER, BenchCloud, bench_cloud, dispatcher_process, summary_ms
+from devstack.frontend import insert_batch_as_user
+from devstack.jobs import finish_job
 
 EVENT_ID = re.compile(rb"\nid: (\d+)\n")
 
@@ -67,15 +69,7 @@ async def finish_jobs(database_url: str, batch_id: UUID, rate: float, committed:
         seen = 1  # "Creating N image jobs..." was replayed
         for job_id in jobs:
             started = time.monotonic()
-            await conn.execute(
-                "update image_jobs set status = 'submitted', attempts = 1, lease_owner = 'bench',"
-                " lease_expires_at = now() + interval '1 minute' where id = %s",
-                (job_id,),
-            )
-            await conn.execute(
-                "select dispatcher_succeed_job(%s, 'bench', %s, %s, 1024, 576, 9, 1, '{}', 0)",
-                (job_id, f"https://bench/{job_id}.png", f"generated-images/{job_id}.png"),
-            )
+            await finish_job(conn, job_id)
             done = time.monotonic()
             row = await (
                 await conn.execute("select last_event_seq from image_batches where id = %s", (batch_id,))
@@ -107,20 +101,7 @@ async def measure(cloud: BenchCloud, subscribers: int, images: int, rate: float)
         "RATE_LIMIT_BURST": "1000",
     }
     async with dispatcher_process(environment, command="http") as app:
-        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-            await conn.execute("set role authenticated")
-            await conn.execute(
-                "select set_config('request.jwt.claims', %s, false)",
-                (json.dumps({"sub": USER, "role": "authenticated"}),),
-            )
-            row = await (
-                await conn.execute(
-                    "insert into image_batches (prompts) values (%s) returning id",
-                    ([f"Scene {n}" for n in range(images)],),
-                )
-            ).fetchone()
-            assert row is not None
-            batch_id = row[0]
+        batch_id = await insert_batch_as_user(database_url, USER, [f"Scene {n}" for n in range(images)])
         received: dict[int, list[float]] = {}
         readies = [asyncio.Event() for _ in range(subscribers)]
         path = f"/functions/v1/batch-events?batch_id={batch_id}"

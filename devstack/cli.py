@@ -95,14 +95,5 @@ async def _serve(stack: Devstack) -> int:
 
 
 def _describe(stack: Devstack) -> None:
-    if stack.config.synthetic:
-        workers = f"{stack.config.workers} synthetic worker(s) per endpoint (load generator, flat PNGs)"
-    elif stack.config.model_id:
-        workers = f"{stack.config.workers} real worker(s) per endpoint on MODEL_ID={stack.model_id}"
-    else:
-        workers = (
-            f"{stack.config.workers} real worker(s) per endpoint on the tiny offline Z-Image pipeline "
-            f"at {stack.model_id} (random weights: the images are noise)"
-        )
-    print(f"devstack: {workers}", file=sys.stderr)
+    print(f"devstack: {stack.describe_workers()}", file=sys.stderr)
     print(f"devstack: stored objects under {stack.storage.root}", file=sys.stderr)

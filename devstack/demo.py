@@ -62,7 +62,7 @@ async def _demo(prompts: list[str], synthetic: bool, data_dir: Path | None, keep
     stack = Devstack(config)
     try:
         await stack.start()
-        say(describe(stack))
+        say(f"Workers: {stack.describe_workers()}.")
         environment = {name.lower(): value for name, value in stack.environment().items()}
         api_settings = ApiSettings.model_validate(environment)
         dispatcher_settings = DispatcherSettings.model_validate({**environment, "sweep_interval_seconds": 1})
@@ -94,17 +94,6 @@ async def _until_interrupted(stopping: asyncio.Event) -> None:
     # Ctrl-C: asyncio.run cancels this task; the cleanup after it runs all the same.
     with contextlib.suppress(asyncio.CancelledError):
         await stopping.wait()
-
-
-def describe(stack: Devstack) -> str:
-    if stack.config.synthetic:
-        return "Workers: synthetic (a load generator returning flat PNGs; no model)."
-    if stack.config.model_id:
-        return f"Workers: the real worker under the runpod SDK, on MODEL_ID={stack.model_id}."
-    return (
-        f"Workers: the real worker under the runpod SDK, on the tiny offline Z-Image pipeline at "
-        f"{stack.model_id} (random weights, so the images are noise; set MODEL_ID for real weights)."
-    )
 
 
 def report(stack: Devstack, complete: dict[str, Any]) -> None:

@@ -73,9 +73,5 @@ class LocalKeys:
 
     def role_of(self, token: str) -> str | None:
         """The verified role claim of a token signed with this secret, or None."""
-        try:
-            claims = jwt.decode(token, self.jwt_secret, algorithms=["HS256"], options={"verify_aud": False})
-        except jwt.PyJWTError:
-            return None
-        role = claims.get("role")
+        role = (self.claims_of(token) or {}).get("role")
         return role if isinstance(role, str) else None

@@ -225,11 +225,11 @@ class RealtimeStandIn:
     def _caller(self, token: str | None, default_role: str) -> tuple[str, str | None] | None:
         if not token:
             return default_role, None
-        role = self.keys.role_of(token)
-        if role is None:
-            return None
         claims = self.keys.claims_of(token)
-        return role, (str(claims["sub"]) if role == "authenticated" and claims else None)
+        role = claims.get("role") if claims else None
+        if claims is None or not isinstance(role, str):
+            return None
+        return role, (str(claims["sub"]) if role == "authenticated" else None)
 
     def _problem(self, schema: str, table: str | None, row_filter: str | None) -> str | None:
         if table is None or (schema, table) not in self._tables:

@@ -21,7 +21,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from devstack.keys import LocalKeys
 from devstack.postgres import PostgresCluster
@@ -66,6 +66,23 @@ def ensure_tiny_model(directory: Path | None = None) -> Path:
     return path
 
 
+def supabase_app(
+    keys: LocalKeys, storage: LocalStorage | None = None, realtime: RealtimeStandIn | None = None
+) -> Starlette:
+    """What answers at SUPABASE_URL: Auth's published signing keys, and Realtime and Storage when
+    given (serve it with websockets on for Realtime)."""
+
+    async def jwks(_: Request) -> Response:
+        return JSONResponse(keys.jwks())
+
+    routes: list[BaseRoute] = [Route("/auth/v1/.well-known/jwks.json", jwks, methods=["GET"])]
+    if realtime is not None:
+        routes.extend(realtime.routes())
+    if storage is not None:
+        routes.append(Mount("/", app=storage.app()))
+    return Starlette(routes=routes)
+
+
 @dataclass
 class DevstackConfig:
     synthetic: bool = False
@@ -100,23 +117,25 @@ class Devstack:
             "runpod",
         )
         self.realtime = RealtimeStandIn(self.keys)
-        self.supabase_server = LoopbackServer(self._supabase_app(), "supabase", websockets=True)
+        self.supabase_server = LoopbackServer(
+            supabase_app(self.keys, self.storage, self.realtime), "supabase", websockets=True
+        )
         self.synthetic: list[SyntheticWorkers] = []
         self.processes: list[WorkerProcesses] = []
         self.model_id: str | None = None
 
-    def _supabase_app(self) -> Starlette:
-        """What answers at SUPABASE_URL: Storage, Realtime, and Auth's published signing keys."""
-
-        async def jwks(_: Request) -> Response:
-            return JSONResponse(self.keys.jwks())
-
-        return Starlette(
-            routes=[
-                Route("/auth/v1/.well-known/jwks.json", jwks, methods=["GET"]),
-                *self.realtime.routes(),
-                Mount("/", app=self.storage.app()),
-            ]
+    def describe_workers(self) -> str:
+        """Which workers run, said plainly (the tiny pipeline's images are noise)."""
+        count = (
+            f"{self.config.workers} {'synthetic' if self.config.synthetic else 'real'} worker(s) per endpoint"
+        )
+        if self.config.synthetic:
+            return f"{count} (a load generator returning flat PNGs; no model)"
+        if self.config.model_id:
+            return f"{count} under the runpod SDK, on MODEL_ID={self.model_id}"
+        return (
+            f"{count} under the runpod SDK, on the tiny offline Z-Image pipeline at {self.model_id} "
+            "(random weights: the images are noise; set MODEL_ID for real weights)"
         )
 
     @property

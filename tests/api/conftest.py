@@ -14,16 +14,14 @@ from uuid import UUID
 import httpx
 import psycopg
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from api.app import build_app, running_api
 from api.context import FunctionContext
 from api.settings import ApiSettings
+from devstack import jobs as devstack_jobs
 from devstack.keys import LocalKeys
 from devstack.servers import LoopbackServer
+from devstack.stack import supabase_app
 from tests.dispatcher.conftest import USER_A, USER_B, cloud, dispatcher  # noqa: F401 (fixtures)
 
 __all__ = ["USER_A", "USER_B"]
@@ -69,13 +67,7 @@ def start_api(database_url: str, users: None) -> ApiFactory:
     @asynccontextmanager
     async def start(extras: Any = None, **overrides: Any) -> AsyncIterator[Api]:
         keys = LocalKeys()
-
-        async def jwks(_: Request) -> Response:
-            return JSONResponse(keys.jwks())
-
-        auth_server = await LoopbackServer(
-            Starlette(routes=[Route("/auth/v1/.well-known/jwks.json", jwks)]), "auth"
-        ).start()
+        auth_server = await LoopbackServer(supabase_app(keys), "auth").start()  # its JWKS
         settings = ApiSettings.model_validate(
             {
                 "database_url": database_url,
@@ -141,18 +133,6 @@ async def job_ids(database_url: str, batch_id: UUID) -> list[UUID]:
 
 
 async def finish_job(database_url: str, job_id: UUID, error: str | None = None) -> None:
-    """What the dispatcher does to a job, through its own state-machine functions: claim it
-    (a lease), then succeed with an image or fail permanently with ``error``."""
+    """Succeed the job (or fail it permanently with ``error``) as the dispatcher would."""
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await conn.execute(
-            "update image_jobs set status = 'submitted', attempts = attempts + 1, lease_owner = 'test',"
-            " lease_expires_at = now() + interval '1 minute' where id = %s",
-            (job_id,),
-        )
-        if error is None:
-            await conn.execute(
-                "select dispatcher_succeed_job(%s, 'test', %s, %s, 1024, 576, 9, 7, '{}', 1)",
-                (job_id, f"https://images.test/{job_id}.png", f"generated-images/{job_id}.png"),
-            )
-        else:
-            await conn.execute("select dispatcher_fail_job(%s, 'test', %s, false, 1)", (job_id, error))
+        await devstack_jobs.finish_job(conn, job_id, error)

@@ -8,11 +8,10 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from starlette.applications import Starlette
-from starlette.routing import Mount
 
 from devstack.realtime import RealtimeStandIn
 from devstack.servers import LoopbackServer
+from devstack.stack import supabase_app
 from tests.dispatcher.conftest import Cloud, DispatcherFactory, insert_batch, wait_for_batch
 
 
@@ -21,7 +20,7 @@ async def supabase(cloud: Cloud, database_url: str) -> AsyncIterator[tuple[str, 
     """Storage and Realtime under one SUPABASE_URL, as on Supabase."""
     standin = RealtimeStandIn(cloud.keys)
     await standin.start(database_url)
-    app = Starlette(routes=[*standin.routes(), Mount("/", app=cloud.storage.app())])
+    app = supabase_app(cloud.keys, cloud.storage, standin)
     server = await LoopbackServer(app, "supabase", websockets=True).start()
     yield server.url, standin
     await standin.stop()
