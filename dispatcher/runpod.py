@@ -1,4 +1,4 @@
-"""The GPU endpoint adapter: RunPod's serverless API over one pooled httpx client.
+"""The GPU endpoint adapter: RunPod's serverless API over one pooled httpx client (dispatcher.http).
 
 Retries are tenacity's, with every choice explicit: exponential backoff with
 jitter, Retry-After honoured on 429, a bounded number of attempts, and only on
@@ -9,10 +9,7 @@ the named retryable errors. A submit whose answer was lost is NOT retried here
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,43 +54,9 @@ class RetryPolicy:
     max_retry_after_s: float = 30.0
 
 
-def http_client(max_connections: int = 8) -> httpx.AsyncClient:
-    """A small pooled client with explicit timeouts.
-
-    Deliberately small: httpcore 1.0's pool does work quadratic in its size on every
-    request event (it recounts all connections for each idle one), so a burst through
-    one pool of 64 connections costs milliseconds of CPU per request. Several small
-    pools (see ``HttpShards``) give the same concurrency at a fraction of the cost.
-    """
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=30.0),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-    )
-
-
-class HttpShards:
-    """Round-robin over small pools; each admits only as many requests as it has connections,
-    so a burst waits on a semaphore (cheap) rather than in httpcore's queue (not cheap)."""
-
-    def __init__(self, shards: int = 8, connections_per_shard: int = 8) -> None:
-        self.clients = [http_client(connections_per_shard) for _ in range(shards)]
-        self._slots = [asyncio.Semaphore(connections_per_shard) for _ in range(shards)]
-        self._next = itertools.cycle(range(shards))
-
-    @contextlib.asynccontextmanager
-    async def client(self) -> AsyncIterator[httpx.AsyncClient]:
-        shard = next(self._next)
-        async with self._slots[shard]:
-            yield self.clients[shard]
-
-    async def aclose(self) -> None:
-        for client in self.clients:
-            await client.aclose()
-
-
 class RunPodClient:
     def __init__(
-        self, http: HttpShards, base_url: str, api_key: str, policy: RetryPolicy | None = None
+        self, http: httpx.AsyncClient, base_url: str, api_key: str, policy: RetryPolicy | None = None
     ) -> None:
         self._http = http
         self._base_url = base_url.rstrip("/")
@@ -148,10 +111,9 @@ class RunPodClient:
             await asyncio.sleep(pause)  # the whole endpoint backs off after a 429
         route = path.split("/")[0]
         try:
-            async with self._http.client() as http:
-                response = await http.request(
-                    method, f"{self._base_url}/{endpoint_id}/{path}", json=body, headers=self._headers
-                )
+            response = await self._http.request(
+                method, f"{self._base_url}/{endpoint_id}/{path}", json=body, headers=self._headers
+            )
         except _NOT_SENT as exc:
             RUNPOD_CALLS.labels(route=route, status="unreachable").inc()
             raise RunPodUnavailable(f"RunPod {route}: {type(exc).__name__}") from exc

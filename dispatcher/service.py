@@ -8,6 +8,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import httpx
 import structlog
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
@@ -15,7 +16,8 @@ from starlette.types import ASGIApp
 
 from dispatcher.app import dispatcher_routes
 from dispatcher.core import Dispatcher
-from dispatcher.runpod import HttpShards, RetryPolicy, RunPodClient, http_client
+from dispatcher.http import http_client
+from dispatcher.runpod import RetryPolicy, RunPodClient
 from dispatcher.settings import DispatcherSettings
 from dispatcher.storage import SupabaseStorage
 from dispatcher.store import PostgresJobStore, connection_pool
@@ -28,7 +30,7 @@ log = structlog.get_logger("dispatcher.service")
 class Service:
     dispatcher: Dispatcher
     pool: AsyncConnectionPool
-    http: HttpShards
+    http: httpx.AsyncClient
     listener: PostgresListener
     realtime: RealtimeListener
 
@@ -49,7 +51,7 @@ async def running_service(
 ) -> AsyncIterator[Service]:
     """Start the dispatcher (claim loop, lease renewer, LISTEN) and stop it gracefully on exit."""
     pool = connection_pool(str(settings.database_url))
-    http, storage_http = HttpShards(), http_client()
+    http, storage_http = http_client(), http_client()
     await pool.open(wait=True, timeout=30)
     store = PostgresJobStore(pool, settings.dispatcher_id, settings.lease_seconds)
     runpod = RunPodClient(

@@ -5,8 +5,6 @@ The local stand-in speaks the same API, so this one adapter serves both.
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 from storage3 import AsyncStorageClient
 from storage3.exceptions import StorageApiError
@@ -21,29 +19,23 @@ class SupabaseStorage:
         supabase_url: str,
         service_role_key: str,
         bucket: str,
-        max_concurrent: int = 8,
     ) -> None:
         base = supabase_url.rstrip("/")
         headers = {"Authorization": f"Bearer {service_role_key}", "apikey": service_role_key}
         self._bucket = AsyncStorageClient(f"{base}/storage/v1/", headers, http_client=http).from_(bucket)
         self._public_base = f"{base}/storage/v1/object/public/{bucket}"
-        self._slots = asyncio.Semaphore(
-            max_concurrent
-        )  # keep httpcore's queue empty, see runpod.http_client()
 
     async def upload_png(self, path: str, png: bytes) -> str:
         """Upsert the PNG at path; return its public URL."""
         try:
-            async with self._slots:
-                await self._bucket.upload(path, png, {"content-type": "image/png", "upsert": "true"})
+            await self._bucket.upload(path, png, {"content-type": "image/png", "upsert": "true"})
         except (StorageApiError, httpx.HTTPError) as exc:
             raise StorageError(f"upload of {path} failed: {exc}") from exc
         return self.public_url(path)
 
     async def copy(self, source: str, destination: str) -> str:
         try:
-            async with self._slots:
-                await self._bucket.copy(source, destination)
+            await self._bucket.copy(source, destination)
         except (StorageApiError, httpx.HTTPError) as exc:
             raise StorageError(f"copy of {source} to {destination} failed: {exc}") from exc
         return self.public_url(destination)
