@@ -90,6 +90,24 @@ class BenchCloud:
         return name
 
 
+def _cpu_seconds(pid: int, children: bool = False) -> float:
+    """utime + stime of a process from /proc (and of its reaped children, if asked)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(value) for value in fields[11 : 15 if children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds(postgres: PostgresCluster) -> float:
+    """CPU time of the whole cluster so far: the postmaster, its live and its exited backends."""
+    postmaster = int((postgres.datadir / "postmaster.pid").read_text().split()[0])
+    total = _cpu_seconds(postmaster, children=True)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                total += _cpu_seconds(int(stat.parent.name))
+    return total
+
+
 @dataclass
 class DispatcherProcess:
     """``zimage dispatch`` in its own process, as deployed; its CPU time and peak RSS are readable."""
@@ -98,8 +116,7 @@ class DispatcherProcess:
     port: int
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        return _cpu_seconds(self.process.pid)
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():

@@ -25,6 +25,8 @@ from typing import Any, ClassVar
 import httpx
 import structlog
 
+from dispatcher.http import http_client
+
 log = structlog.get_logger("devstack.runpod")
 
 
@@ -185,7 +187,7 @@ class Platform:
         self._finished: dict[str, asyncio.Event] = {}  # only for jobs someone waits on (runsync)
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+        self._http = http_client()  # webhooks at benchmark rates: the dispatcher's cheap client
 
     # ---- lifecycle -------------------------------------------------------------------
     @property

@@ -6,6 +6,8 @@ import json
 import re
 import shutil
 import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -132,3 +134,46 @@ def test_a_nul_byte_is_refused_before_it_reaches_the_database(db: psycopg.Connec
     with pytest.raises(psycopg.DataError, match="NUL"):
         db.execute("insert into image_batches (prompts) values (%s)", (["a\x00b"],))
     assert db.execute("select count(*) from image_batches").fetchone() == (0,)
+
+
+def test_a_user_cancelling_does_not_deadlock_with_a_dispatcher_recording_a_submission(
+    database_url: str, db: psycopg.Connection
+) -> None:
+    """The dispatcher holds the job row and then inserts an event of its batch (a foreign-key
+    check on the batch row); the user's cancel holds the batch row and waits for the job row.
+    With the batch locked FOR UPDATE those two waited for each other until Postgres killed one."""
+    db.execute("insert into auth.users (id) values (%s)", (USER_A,))
+    row = db.execute(
+        "insert into image_batches (user_id, prompts) values (%s, array['x']) returning id", (USER_A,)
+    ).fetchone()
+    assert row is not None
+    batch_id = row[0]
+    db.execute("update image_jobs set status = 'submitted', lease_owner = 'd1', attempts = 1")
+    job = db.execute("select id from image_jobs").fetchone()
+    assert job is not None
+    job_id = job[0]
+    with psycopg.connect(database_url) as dispatcher, psycopg.connect(database_url) as frontend:
+        dispatcher.execute("set deadlock_timeout = '50ms'")
+        dispatcher.execute("update image_jobs set runpod_job_id = 'rp-1' where id = %s", (job_id,))
+        with ThreadPoolExecutor(1) as pool:
+
+            def cancel() -> object:
+                as_user(frontend, USER_A)
+                answer = frontend.execute("select cancel_image_job(%s)", (job_id,)).fetchone()
+                frontend.commit()
+                return answer
+
+            cancelled = pool.submit(cancel)
+            while db.execute(
+                "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
+            ).fetchone() != (1,):
+                time.sleep(0.01)  # the cancel now holds the batch and waits for the job row
+            dispatcher.execute(
+                "insert into image_job_events (batch_id, job_id, kind, payload)"
+                " values (%s, %s, 'submitted', '{}')",
+                (batch_id, job_id),
+            )
+            dispatcher.commit()
+            assert cancelled.result(timeout=10) == (True,)
+    kinds = db.execute("select kind from image_job_events where job_id = %s order by id", (job_id,))
+    assert [kind for (kind,) in kinds] == ["submitted", "cancelled"]
