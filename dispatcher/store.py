@@ -7,7 +7,9 @@ expected state, and says whether it did.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from psycopg.rows import dict_row
@@ -16,6 +18,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from dispatcher.domain import ClaimedJob
 from dispatcher.queries import QUERIES
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def connection_pool(database_url: str, max_size: int = 8) -> AsyncConnectionPool:
@@ -34,6 +39,7 @@ class PostgresJobStore:
         self.pool = pool
         self.owner = owner
         self.lease_s = lease_s
+        self._submissions = Coalescer(self._mark_submitted)
 
     async def claim(self, limit: int, per_user: int) -> list[ClaimedJob]:
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
@@ -51,9 +57,25 @@ class PostgresJobStore:
         return [_claimed(row) for row in rows]
 
     async def mark_submitted(self, job_id: UUID, runpod_job_id: str, endpoint_id: str) -> bool:
-        return await self._changed(
-            "mark_submitted", id=job_id, runpod_job_id=runpod_job_id, endpoint_id=endpoint_id
-        )
+        """Record the RunPod job id; False if the row is no longer ours. Calls made in the same
+        moment share one statement: under load, submissions come back together."""
+        return job_id in await self._submissions.add((job_id, runpod_job_id, endpoint_id))
+
+    async def _mark_submitted(self, submissions: list[tuple[UUID, str, str]]) -> set[UUID]:
+        ids, runpod_job_ids, endpoint_ids = (list(column) for column in zip(*submissions, strict=True))
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    QUERIES["mark_submitted"],
+                    {
+                        "owner": self.owner,
+                        "ids": ids,
+                        "runpod_job_ids": runpod_job_ids,
+                        "endpoint_ids": endpoint_ids,
+                    },
+                )
+            ).fetchall()
+        return {row[0] for row in rows}
 
     async def mark_running(self, job_id: UUID) -> bool:
         return await self._changed("mark_running", id=job_id)
@@ -169,6 +191,27 @@ class PostgresJobStore:
                 )
             ).fetchall()
         return {row[0] for row in rows}
+
+
+class Coalescer(Generic[T, R]):
+    """Runs the calls made in one turn of the event loop as one: the first call schedules the
+    run for the next turn, the calls made until then join it, and all get its one result."""
+
+    def __init__(self, run: Callable[[list[T]], Awaitable[R]]) -> None:
+        self._run = run
+        self._next: tuple[list[T], asyncio.Task[R]] | None = None
+
+    async def add(self, item: T) -> R:
+        if self._next is None:
+            items: list[T] = []
+            self._next = (items, asyncio.create_task(self._run_batch(items)))
+        items, batch = self._next
+        items.append(item)
+        return await asyncio.shield(batch)  # a caller cancelled does not cancel the others' run
+
+    async def _run_batch(self, items: list[T]) -> R:
+        self._next = None  # from here on, calls go to the next batch
+        return await self._run(items)
 
 
 def _claimed(row: dict[str, Any]) -> ClaimedJob:

@@ -59,15 +59,27 @@ select c.id, c.batch_id, c.user_id, c.position, c.prompt, c.quality, c.aspect_ra
   from claimed c join public.image_batches b on b.id = c.batch_id;
 
 -- name: mark_submitted
-with updated as (
-    update public.image_jobs
-       set runpod_job_id = %(runpod_job_id)s, runpod_endpoint_id = %(endpoint_id)s, submitted_at = now()
-     where id = %(id)s and lease_owner = %(owner)s and status = 'submitted'
-    returning id, batch_id, attempts
+-- Many jobs at once (the store coalesces calls made at the same moment). Like
+-- every statement here that touches several of our rows, it locks them in id
+-- order first, so two of them can never wait for each other.
+with submitted as (
+    select * from unnest(%(ids)s::uuid[], %(runpod_job_ids)s::text[], %(endpoint_ids)s::text[])
+        as s(id, runpod_job_id, endpoint_id)
+), locked as (
+    select j.id from public.image_jobs j
+     where j.id in (select id from submitted) and j.lease_owner = %(owner)s and j.status = 'submitted'
+     order by j.id
+       for no key update
+), updated as (
+    update public.image_jobs j
+       set runpod_job_id = s.runpod_job_id, runpod_endpoint_id = s.endpoint_id, submitted_at = now()
+      from submitted s
+     where j.id = s.id and j.id in (select id from locked)
+    returning j.id, j.batch_id, j.attempts, s.runpod_job_id, s.endpoint_id
 )
 insert into public.image_job_events (batch_id, job_id, kind, payload)
 select batch_id, id, 'submitted',
-       jsonb_build_object('attempt', attempts, 'runpod_job_id', %(runpod_job_id)s, 'endpoint_id', %(endpoint_id)s)
+       jsonb_build_object('attempt', attempts, 'runpod_job_id', runpod_job_id, 'endpoint_id', endpoint_id)
   from updated
 returning job_id;
 
@@ -97,17 +109,29 @@ select batch_id, id, 'resubmitted', jsonb_build_object('attempt', attempts, 'rea
 returning (select attempts from updated);
 
 -- name: renew_leases
+with locked as (
+    select id from public.image_jobs
+     where lease_owner = %(owner)s and id = any(%(ids)s) and status in ('submitted', 'running')
+     order by id
+       for no key update
+)
 update public.image_jobs
    set lease_expires_at = now() + make_interval(secs => %(lease_s)s)
- where lease_owner = %(owner)s and id = any(%(ids)s) and status in ('submitted', 'running')
+ where id in (select id from locked)
 returning id;
 
 -- name: release_leases
 -- Graceful shutdown: hand in-flight jobs back at once, RunPod job ids kept, so
 -- another dispatcher resumes polling them instead of paying for a second run.
+with locked as (
+    select id from public.image_jobs
+     where lease_owner = %(owner)s and id = any(%(ids)s) and status in ('submitted', 'running')
+     order by id
+       for no key update
+)
 update public.image_jobs
    set lease_expires_at = now() - interval '1 second'
- where lease_owner = %(owner)s and id = any(%(ids)s) and status in ('submitted', 'running')
+ where id in (select id from locked)
 returning id;
 
 -- name: job_status

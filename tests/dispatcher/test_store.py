@@ -1,0 +1,73 @@
+"""The job store against a real Postgres: submissions recorded together, each only if still ours."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+
+from dispatcher.store import Coalescer, PostgresJobStore, connection_pool
+from tests.dispatcher.conftest import events_of, insert_batch, jobs_of
+
+
+async def test_calls_made_in_one_turn_run_once_and_later_calls_run_again() -> None:
+    runs: list[list[int]] = []
+
+    async def run(items: list[int]) -> int:
+        runs.append(items)
+        await asyncio.sleep(0.01)
+        return sum(items)
+
+    coalescer = Coalescer(run)
+    first = await asyncio.gather(*(coalescer.add(n) for n in (1, 2, 3)))
+    second = await coalescer.add(10)
+    assert (first, second) == ([6, 6, 6], 10)
+    assert runs == [[1, 2, 3], [10]]
+
+
+async def test_a_failed_run_fails_every_caller_and_a_cancelled_caller_leaves_the_others() -> None:
+    release = asyncio.Event()
+
+    async def run(items: list[str]) -> list[str]:
+        await release.wait()
+        if "bad" in items:
+            raise ValueError("refused")
+        return items
+
+    coalescer = Coalescer(run)
+    callers = [asyncio.create_task(coalescer.add(item)) for item in ("a", "b")]
+    await asyncio.sleep(0)
+    callers[0].cancel()
+    release.set()
+    assert await callers[1] == ["a", "b"]
+    with pytest.raises(ValueError, match="refused"):
+        await asyncio.gather(coalescer.add("bad"), coalescer.add("good"))
+
+
+async def test_submissions_recorded_together_each_only_where_the_row_is_still_ours(database_url: str) -> None:
+    batch_id = await insert_batch(database_url, ["a", "b", "c"])
+    pool = connection_pool(database_url)
+    await pool.open()
+    try:
+        store = PostgresJobStore(pool, "dispatcher-1", lease_s=30)
+        claimed = sorted(await store.claim(3, per_user=3), key=lambda job: job.position)
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            # job c was taken over by another dispatcher after its lease ran out
+            await conn.execute(
+                "update image_jobs set lease_owner = 'dispatcher-2' where id = %s", (claimed[2].id,)
+            )
+        recorded = await asyncio.gather(
+            *(store.mark_submitted(job.id, f"rp-{job.position}", "endpoint-1") for job in claimed)
+        )
+    finally:
+        await pool.close()
+    assert recorded == [True, True, False]
+    jobs = await jobs_of(database_url, batch_id)
+    assert [(job["runpod_job_id"], job["runpod_endpoint_id"]) for job in jobs] == [
+        ("rp-0", "endpoint-1"),
+        ("rp-1", "endpoint-1"),
+        (None, None),
+    ]
+    submitted = [payload for kind, payload in await events_of(database_url, batch_id) if kind == "submitted"]
+    assert sorted(payload["runpod_job_id"] for payload in submitted) == ["rp-0", "rp-1"]
