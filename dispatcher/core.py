@@ -342,8 +342,8 @@ class Dispatcher:
             storage_path=path,
             width=job.width,
             height=job.height,
-            steps=int(output.get("steps", job.steps)),
-            seed=output.get("seed", job.seed),
+            steps=_reported(output, "steps") or job.steps,
+            seed=seed if (seed := _reported(output, "seed")) is not None else job.seed,
             timings=timings,
             status_polls=run.polls,
         )
@@ -406,3 +406,9 @@ class Dispatcher:
             return
         with contextlib.suppress(RunPodError):
             await self.runpod.cancel(run.endpoint_id, run.runpod_job_id)
+
+
+def _reported(output: dict[str, Any], name: str) -> int | None:
+    """A number the worker reported, or None if it reported none (or something else)."""
+    value = output.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
+import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -40,6 +41,7 @@ class PostgresJobStore:
         self.owner = owner
         self.lease_s = lease_s
         self._submissions = Coalescer(self._mark_submitted)
+        self._successes = Coalescer(self._succeed_many)
 
     async def claim(self, limit: int, per_user: int) -> list[ClaimedJob]:
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
@@ -102,26 +104,58 @@ class PostgresJobStore:
         status_polls: int,
         reused_from: UUID | None = None,
     ) -> bool:
+        """Move the job to succeeded; False if it is no longer ours. Like submissions, the
+        successes of one moment share one statement."""
+        row = (
+            job.id,
+            image_url,
+            storage_path,
+            width,
+            height,
+            steps,
+            seed,
+            Jsonb(timings),
+            status_polls,
+            reused_from,
+        )
+        outcome = (await self._successes.add(row)).get(job.id, False)
+        if isinstance(outcome, psycopg.Error):
+            raise outcome
+        return outcome
+
+    async def _succeed_many(self, rows: list[tuple[Any, ...]]) -> dict[UUID, bool | psycopg.Error]:
+        try:
+            return await self._succeed_rows(rows)
+        except psycopg.Error as error:
+            if len(rows) == 1:
+                return {rows[0][0]: error}
+        # One bad row fails the whole statement: record the others one by one, so it alone fails.
+        outcomes: dict[UUID, bool | psycopg.Error] = {}
+        for row in rows:
+            try:
+                outcomes |= await self._succeed_rows([row])
+            except psycopg.Error as error:
+                outcomes[row[0]] = error
+        return outcomes
+
+    async def _succeed_rows(self, rows: list[tuple[Any, ...]]) -> dict[UUID, bool | psycopg.Error]:
+        names = (
+            "ids",
+            "image_urls",
+            "paths",
+            "widths",
+            "heights",
+            "steps",
+            "seeds",
+            "timings",
+            "polls",
+            "reused_from",
+        )
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        params = {"owner": self.owner, **dict(zip(names, columns, strict=True))}
         async with self.pool.connection() as conn:
-            row = await (
-                await conn.execute(
-                    "select public.dispatcher_succeed_job(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        job.id,
-                        self.owner,
-                        image_url,
-                        storage_path,
-                        width,
-                        height,
-                        steps,
-                        seed,
-                        Jsonb(timings),
-                        status_polls,
-                        reused_from,
-                    ),
-                )
-            ).fetchone()
-        return bool(row and row[0])
+            answers = await (await conn.execute(QUERIES["succeed"], params)).fetchall()
+        return {job_id: bool(stored) for job_id, stored in answers}
 
     async def fail(
         self,

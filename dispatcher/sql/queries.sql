@@ -83,6 +83,24 @@ select batch_id, id, 'submitted',
   from updated
 returning job_id;
 
+-- name: succeed
+-- Many jobs at once, each through dispatcher_succeed_job (which locks its batch, then
+-- the job), taken in batch id order: the order every path that locks several batches
+-- uses, so they cannot deadlock. OFFSET 0 keeps the ordered subquery from being
+-- flattened, so the calls happen in that order.
+select s.id,
+       public.dispatcher_succeed_job(s.id, %(owner)s, s.image_url, s.storage_path, s.width, s.height,
+                                     s.steps, s.seed, s.timings, s.status_polls, s.reused_from)
+  from (select u.*
+          from unnest(%(ids)s::uuid[], %(image_urls)s::text[], %(paths)s::text[], %(widths)s::int[],
+                      %(heights)s::int[], %(steps)s::int[], %(seeds)s::bigint[], %(timings)s::jsonb[],
+                      %(polls)s::int[], %(reused_from)s::uuid[])
+               as u(id, image_url, storage_path, width, height, steps, seed, timings, status_polls,
+                    reused_from)
+          join public.image_jobs j on j.id = u.id
+         order by j.batch_id, u.id
+        offset 0) s;
+
 -- name: mark_running
 with updated as (
     update public.image_jobs

@@ -71,3 +71,41 @@ async def test_submissions_recorded_together_each_only_where_the_row_is_still_ou
     ]
     submitted = [payload for kind, payload in await events_of(database_url, batch_id) if kind == "submitted"]
     assert sorted(payload["runpod_job_id"] for payload in submitted) == ["rp-0", "rp-1"]
+
+
+async def test_a_bad_success_fails_alone_and_the_others_of_its_moment_are_stored(database_url: str) -> None:
+    batch_id = await insert_batch(database_url, ["a", "b", "c"])
+    pool = connection_pool(database_url)
+    await pool.open()
+    try:
+        store = PostgresJobStore(pool, "dispatcher-1", lease_s=30)
+        claimed = sorted(await store.claim(3, per_user=3), key=lambda job: job.position)
+        # a worker's timings with a NUL character: jsonb refuses it, so the whole statement fails
+        outcomes = await asyncio.gather(
+            *(
+                store.succeed(
+                    job,
+                    image_url=f"https://example.test/{job.position}.png",
+                    storage_path=f"generated-images/{job.id}.png",
+                    width=job.width,
+                    height=job.height,
+                    steps=job.steps,
+                    seed=7,
+                    timings={"note": "\x00" if job.position == 1 else "fine"},
+                    status_polls=1,
+                )
+                for job in claimed
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        await pool.close()
+    assert outcomes[0] is True
+    assert isinstance(outcomes[1], psycopg.Error)
+    assert outcomes[2] is True
+    jobs = await jobs_of(database_url, batch_id)
+    assert [job["status"] for job in jobs] == ["succeeded", "submitted", "succeeded"]
+    images = [
+        payload["position"] for kind, payload in await events_of(database_url, batch_id) if kind == "image"
+    ]
+    assert sorted(images) == [0, 2]
