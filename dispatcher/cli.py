@@ -22,9 +22,9 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 def run_service(main: Coroutine[Any, Any, None], fast_loop: bool = False) -> None:
     """Run a long-running service. ``fast_loop``: on uvloop where it is installed. Measured on the
     2-core box: the app alone (``zimage http``) fans 1000 streams out with p99 94 ms on uvloop
-    against 335 ms on asyncio's loop; the dispatcher's pickup p99 is 30 ms on asyncio's loop
-    against 110 ms on uvloop (bench/sse_fanout.py, bench/pickup.py). So each gets the better one,
-    and ``zimage serve`` (both) keeps the dispatcher's."""
+    against 335 ms on asyncio's loop (bench/sse_fanout.py); the dispatcher gains nothing from it
+    (bench/pickup.py and bench/throughput.py within their noise), so it keeps asyncio's loop,
+    and so does ``zimage serve`` (both)."""
     # What is loaded by now (modules, settings) lives as long as the process: freezing it keeps
     # every full collection from walking it again. Measured in the dispatcher under the pickup
     # bench: a full collection paused the event loop 33 to 41 ms before, 1 to 7 ms after.

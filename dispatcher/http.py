@@ -16,6 +16,7 @@ that is a read error, "the answer was lost", because a submit may have happened.
 from __future__ import annotations
 
 import io
+from urllib.request import getproxies
 
 import aiohttp
 import httpx
@@ -26,7 +27,13 @@ _TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=30.0)
 
 
 def http_client(max_connections: int = 64, keepalive_s: float = 15.0) -> httpx.AsyncClient:
-    """A pooled client with explicit timeouts (pool wait, connect, read) for the outside calls."""
+    """A pooled client with explicit timeouts (pool wait, connect, read) for the outside calls.
+
+    Behind a proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY), httpx's own transport, which honours
+    them and NO_PROXY; httpx ignores them for a transport it is given."""
+    if getproxies():
+        limits = httpx.Limits(max_connections=max_connections, keepalive_expiry=keepalive_s)
+        return httpx.AsyncClient(timeout=_TIMEOUT, limits=limits)
     return httpx.AsyncClient(timeout=_TIMEOUT, transport=AiohttpTransport(max_connections, keepalive_s))
 
 
@@ -51,7 +58,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 auto_decompress=False,  # httpx decodes, from the headers it is given back
                 cookie_jar=aiohttp.DummyCookieJar(),
                 # aiohttp would read .netrc and the proxy variables in a thread on every request;
-                # httpx routes proxied hosts to its own transport anyway (trust_env).
+                # with a proxy configured, http_client() does not use this transport at all.
                 trust_env=False,
             )
         return self._session

@@ -149,3 +149,19 @@ async def test_bodies_headers_and_encodings_pass_through_unchanged(serve: Serve)
     assert b"\r\nauthorization: bearer k\r\n" in head.lower()
     assert big_body == large
     assert b"content-type: image/png" in big_head.lower()
+
+
+async def test_behind_a_proxy_requests_go_through_it(serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, _ = await read_request(reader)
+        seen.append(head.split(b"\r\n")[0])
+        writer.write(answer(b'{"id": "rp-1"}'))
+        await writer.drain()
+
+    monkeypatch.setenv("HTTP_PROXY", await serve(proxy))
+    async with http_client() as client:
+        response = await client.post("http://runpod.invalid/v2/endpoint/run", json={})
+    assert response.json() == {"id": "rp-1"}
+    assert seen == [b"POST http://runpod.invalid/v2/endpoint/run HTTP/1.1"]
