@@ -177,3 +177,21 @@ def test_a_user_cancelling_does_not_deadlock_with_a_dispatcher_recording_a_submi
             assert cancelled.result(timeout=10) == (True,)
     kinds = db.execute("select kind from image_job_events where job_id = %s order by id", (job_id,))
     assert [kind for (kind,) in kinds] == ["submitted", "cancelled"]
+
+
+def test_only_the_events_people_see_are_announced(database_url: str, db: psycopg.Connection) -> None:
+    row = db.execute("insert into image_batches (prompts) values (array['x']) returning id").fetchone()
+    assert row is not None
+    batch_id = row[0]
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute("listen image_job_events")
+        db.execute(
+            "insert into image_job_events (batch_id, kind, payload) values (%s, 'claimed', '{}')", (batch_id,)
+        )
+        assert list(listener.notifies(timeout=0.3)) == [], "bookkeeping is not announced"
+        db.execute(
+            "insert into image_job_events (batch_id, kind, payload) values (%s, 'progress', '{}')",
+            (batch_id,),
+        )
+        (note,) = listener.notifies(timeout=1.0, stop_after=1)
+    assert json.loads(note.payload)["batch_id"] == str(batch_id)
