@@ -126,6 +126,8 @@ class PostgresJobStore:
     async def _succeed_many(self, rows: list[tuple[Any, ...]]) -> dict[UUID, bool | psycopg.Error]:
         try:
             return await self._succeed_rows(rows)
+        except psycopg.OperationalError as error:  # the database, not a row: all wait for the lease
+            return dict.fromkeys((row[0] for row in rows), error)
         except psycopg.Error as error:
             if len(rows) == 1:
                 return {rows[0][0]: error}
