@@ -51,7 +51,8 @@ async def running_service(
 ) -> AsyncIterator[Service]:
     """Start the dispatcher (claim loop, lease renewer, LISTEN) and stop it gracefully on exit."""
     pool = connection_pool(str(settings.database_url))
-    http, storage_http = http_client(), http_client()
+    # One connection per job in flight at most: a job waiting for a free connection holds its slot.
+    http, storage_http = http_client(settings.max_in_flight), http_client(settings.max_in_flight)
     await pool.open(wait=True, timeout=30)
     store = PostgresJobStore(pool, settings.dispatcher_id, settings.lease_seconds)
     runpod = RunPodClient(
