@@ -1,8 +1,9 @@
 """Adaptive polling: when to ask RunPod's /status next, learnt from recent jobs.
 
 Per (quality, width, height) it keeps moving averages of queue time and execution
-time. A job is first polled when it has plausibly started and made progress; the
-worker reports step progress while running (``{"step", "steps", "elapsed_ms"}``),
+time. A job is first polled when it has plausibly started and made progress (for a size
+nothing was learnt for yet, when it has plausibly left the queue); the worker reports
+step progress while running (``{"step", "steps", "elapsed_ms"}``),
 from which the finish is predicted and the next poll placed just after it. While
 a job waits in the queue the polls back off. With a webhook the poller only
 guards against a lost delivery, so its first poll comes late.
@@ -67,6 +68,10 @@ class PollSchedule:
         expected = self.model.expected(self.key)
         if self.webhook:  # only a safety net for a lost delivery
             return expected.queue_s + 2 * expected.execution_s + 5
+        if expected.samples == 0:
+            # Nothing learnt for this size yet: look once the job has plausibly left the queue;
+            # the answer (still queued, or running with its step progress) places the next poll.
+            return expected.queue_s
         # Late enough that the worker has reported progress, early enough to act on it.
         return expected.queue_s + 0.3 * expected.execution_s
 
