@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -131,7 +132,7 @@ async def dispatcher_process(
 ) -> AsyncIterator[DispatcherProcess]:
     """``zimage <command>`` (dispatch, http or serve) in its own process."""
     port = port or free_port()
-    log = Path(tempfile.mkdtemp(prefix="zimage-bench-")) / "dispatcher.log"
+    log = Path(tempfile.mkdtemp(prefix="zimage-bench-")) / "dispatcher.log"  # kept only if it failed
     with log.open("wb") as output:
         process = subprocess.Popen(  # noqa: ASYNC220 (started once, before the measurement)
             [sys.executable, "-m", "dispatcher.cli", command, "--port", str(port)],
@@ -154,14 +155,16 @@ async def dispatcher_process(
         yield running
     finally:
         process.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(process.wait, 30)
+        if await asyncio.to_thread(process.wait, 30) == 0:
+            shutil.rmtree(log.parent)
 
 
 @contextlib.asynccontextmanager
 async def bench_cloud() -> AsyncIterator[BenchCloud]:
     keys = LocalKeys()
     platform = Platform([ENDPOINT], seed=1)
-    storage = LocalStorage(Path(tempfile.mkdtemp(prefix="zimage-bench-")), keys)
+    stored = Path(tempfile.mkdtemp(prefix="zimage-bench-"))
+    storage = LocalStorage(stored, keys)
     storage.add_bucket(Bucket("generated-assets", public=True))
     runpod_server = LoopbackServer(
         build_runpod_app(platform, API_KEY, "rpw_bench", take_timeout_s=1), "runpod"
@@ -179,6 +182,7 @@ async def bench_cloud() -> AsyncIterator[BenchCloud]:
             await platform.close()
             await runpod_server.stop()
             await storage_server.stop()
+            shutil.rmtree(stored)  # thousands of PNGs a run
 
 
 def percentile(values: list[float], fraction: float) -> float:
