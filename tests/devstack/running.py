@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,12 +15,15 @@ from contextlib import contextmanager
 def running_devstack(*args: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
     """The process and the settings it printed; stopped afterwards if still running."""
     command = [sys.executable, "-m", "dispatcher.cli", "devstack", "up", "--synthetic", "--workers", "2"]
-    with subprocess.Popen(
-        [*command, "--execution-time", "0.05", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:  # closes the pipes on the way out
+    with (
+        tempfile.TemporaryDirectory(prefix="zimage-test-devstack-") as data_dir,  # its PNGs, removed after
+        subprocess.Popen(
+            [*command, "--execution-time", "0.05", "--data-dir", data_dir, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as process,  # closes the pipes on the way out
+    ):
         try:
             yield process, read_exports(process)
         finally:
