@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import Gauge
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -26,6 +26,7 @@ from api.context import FunctionContext
 from api.functions import function_routes
 from api.ratelimit import RateLimiter
 from api.settings import ApiSettings
+from dispatcher.app import metrics
 from dispatcher.store import connection_pool
 
 log = structlog.get_logger("api")
@@ -44,9 +45,7 @@ async def running_api(settings: ApiSettings) -> AsyncIterator[FunctionContext]:
     http = httpx.AsyncClient(timeout=10)
     broker = EventBroker(str(settings.database_url))
     broker_task = asyncio.create_task(broker.run(), name="event-broker")
-    SSE_STREAMS.set_function(
-        lambda: len({s for b in broker.logs.values() for s in b.subscribers} | broker.feeds)
-    )
+    SSE_STREAMS.set_function(lambda: len(broker.subscriptions()))
     try:
         yield FunctionContext(
             settings,
@@ -80,9 +79,6 @@ def build_app(context: FunctionContext, extras: Extras | None = None) -> Starlet
         if extras is not None:
             body["dispatcher"] = extras.health()
         return JSONResponse(body, status_code=200 if listening else 503)
-
-    async def metrics(_: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     routes = [
         Route("/", page, methods=["GET"]),

@@ -23,14 +23,16 @@ def dispatcher_routes(
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok", **dispatcher_health(dispatcher, wakeups)})
 
-    async def metrics(_: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
     return [
         webhook_route(dispatcher, pool),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+
+
+async def metrics(_: Request) -> Response:
+    """Prometheus' text format: every metric of the process (the app's and the dispatcher's)."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 def dispatcher_health(dispatcher: Dispatcher, wakeups: Mapping[str, asyncio.Event]) -> dict[str, object]:
