@@ -290,14 +290,17 @@ class EventBroker:
         """A batch nobody follows yet changed: feeds whose caller may see it start following it."""
         if not batch_ids or not self.feeds:
             return
-        rows = await self._query(_OWNERS, (batch_ids,))
-        for row in rows:
+        adopted: list[tuple[BatchLog, list[Subscription]]] = []
+        for row in await self._query(_OWNERS, (batch_ids,)):
             followers = [s for s in self.feeds if s.caller.may_see(row["user_id"])]
             if followers:
-                batch = self.logs.setdefault(row["id"], BatchLog(row["id"], row["user_id"]))
-                await self._fetch([batch])
-                for subscriber in followers:
-                    subscriber.follow(batch)
+                adopted.append(
+                    (self.logs.setdefault(row["id"], BatchLog(row["id"], row["user_id"])), followers)
+                )
+        await self._fetch([batch for batch, _ in adopted])  # one query for all of them
+        for batch, followers in adopted:
+            for subscriber in followers:
+                subscriber.follow(batch)
 
     async def _fetch(self, batches: list[BatchLog]) -> None:
         """Append every batch's events after what it holds: one query for all of them."""
