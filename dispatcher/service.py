@@ -31,15 +31,12 @@ class Service:
     dispatcher: Dispatcher
     pool: AsyncConnectionPool
     http: httpx.AsyncClient
-    listener: PostgresListener
-    realtime: RealtimeListener
+    sources: dict[str, PostgresListener | RealtimeListener]  # the enabled wake-up sources
 
     @property
     def wakeups(self) -> dict[str, asyncio.Event]:
-        """The enabled wake-up sources, each with its connected flag."""
-        source = self.dispatcher.settings.wakeup_source
-        sources = {"postgres": self.listener.connected, "realtime": self.realtime.connected}
-        return {name: event for name, event in sources.items() if source in (name, "both")}
+        """Each enabled wake-up source with its connected flag."""
+        return {name: source.connected for name, source in self.sources.items()}
 
     def app(self) -> Starlette:
         return Starlette(routes=dispatcher_routes(self.dispatcher, self.pool, self.wakeups))
@@ -76,11 +73,15 @@ async def running_service(
         on_wake=dispatcher.wake,
         on_connect=dispatcher.wake,
     )
-    tasks = [asyncio.create_task(dispatcher.run(), name="dispatcher")]
-    if settings.wakeup_source in ("postgres", "both"):
-        tasks.append(asyncio.create_task(listener.run(), name="listener"))
-    if settings.wakeup_source in ("realtime", "both"):
-        tasks.append(asyncio.create_task(realtime.run(), name="realtime"))
+    sources = {
+        name: source
+        for name, source in (("postgres", listener), ("realtime", realtime))
+        if settings.wakeup_source in (name, "both")
+    }
+    tasks = [
+        asyncio.create_task(dispatcher.run(), name="dispatcher"),
+        *(asyncio.create_task(source.run(), name=f"wakeup-{name}") for name, source in sources.items()),
+    ]
     log.info(
         "dispatcher.started",
         dispatcher_id=settings.dispatcher_id,
@@ -89,7 +90,7 @@ async def running_service(
         wakeup=settings.wakeup_source,
     )
     try:
-        yield Service(dispatcher, pool, http, listener, realtime)
+        yield Service(dispatcher, pool, http, sources)
     finally:
         await dispatcher.stop(stop_grace_s)
         for task in tasks:

@@ -106,7 +106,7 @@ async def test_a_postgres_restart_mid_run_is_survived(
         first = await insert_batch(database_url, [f"before {n}" for n in range(4)])
         await asyncio.to_thread(postgres.restart)
         await wait_for_batch(database_url, first, timeout_s=60)
-        await asyncio.wait_for(service.listener.connected.wait(), 30)
+        await asyncio.wait_for(service.wakeups["postgres"].wait(), 30)
         second = await insert_batch(database_url, [f"after {n}" for n in range(4)])
         complete = await wait_for_batch(database_url, second, timeout_s=60)
     assert complete["failed"] == 0

@@ -34,7 +34,7 @@ async def test_realtime_wakes_the_dispatcher(
     cloud.add_workers(count=2)
     # A sweep far slower than the deadline below: only a wake-up can finish the batch in time.
     async with dispatcher(wakeup_source="realtime", supabase_url=url, sweep_interval_seconds=60) as service:
-        await asyncio.wait_for(service.realtime.connected.wait(), 10)
+        await asyncio.wait_for(service.wakeups["realtime"].wait(), 10)
         assert list(service.wakeups) == ["realtime"]  # what /healthz reports
         batch_id = await insert_batch(database_url, ["The Hanging Gardens", "The Lighthouse of Alexandria"])
         complete = await wait_for_batch(database_url, batch_id, timeout_s=10)
@@ -48,13 +48,13 @@ async def test_jobs_inserted_while_realtime_is_down_are_done_and_it_resubscribes
     url, realtime = supabase
     cloud.add_workers(count=2)
     async with dispatcher(wakeup_source="realtime", supabase_url=url, sweep_interval_seconds=1) as service:
-        await asyncio.wait_for(service.realtime.connected.wait(), 10)
+        await asyncio.wait_for(service.wakeups["realtime"].wait(), 10)
         await realtime.stop()  # Realtime restarts: sockets closed, new ones refused
         while_down = await insert_batch(database_url, ["The Library of Alexandria"])
         assert (await wait_for_batch(database_url, while_down, timeout_s=15))["failed"] == 0
-        assert not service.realtime.connected.is_set()
+        assert not service.wakeups["realtime"].is_set()
 
         await realtime.start(database_url)
-        await asyncio.wait_for(service.realtime.connected.wait(), 15)
+        await asyncio.wait_for(service.wakeups["realtime"].wait(), 15)
         after = await insert_batch(database_url, ["The Colossus of Rhodes"])
         assert (await wait_for_batch(database_url, after, timeout_s=15))["failed"] == 0
