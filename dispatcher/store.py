@@ -8,7 +8,7 @@ expected state, and says whether it did.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
@@ -123,7 +123,7 @@ class PostgresJobStore:
             raise outcome
         return outcome
 
-    async def _succeed_many(self, rows: list[tuple[Any, ...]]) -> dict[UUID, bool | psycopg.Error]:
+    async def _succeed_many(self, rows: list[tuple[Any, ...]]) -> Mapping[UUID, bool | psycopg.Error]:
         try:
             return await self._succeed_rows(rows)
         except psycopg.OperationalError as error:  # the database, not a row: all wait for the lease
@@ -140,7 +140,7 @@ class PostgresJobStore:
                 outcomes[row[0]] = error
         return outcomes
 
-    async def _succeed_rows(self, rows: list[tuple[Any, ...]]) -> dict[UUID, bool | psycopg.Error]:
+    async def _succeed_rows(self, rows: list[tuple[Any, ...]]) -> dict[UUID, bool]:
         names = (
             "ids",
             "image_urls",
