@@ -91,10 +91,14 @@ class BenchCloud:
         return name
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    """/proc/PID/stat after the command name: state, ppid, ..., utime (11), stime, cutime, cstime."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _cpu_seconds(pid: int, children: bool = False) -> float:
-    """utime + stime of a process from /proc (and of its reaped children, if asked)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = sum(int(value) for value in fields[11 : 15 if children else 13])
+    """utime + stime of a process (and of its reaped children, if asked)."""
+    ticks = sum(int(value) for value in _stat_fields(pid)[11 : 15 if children else 13])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -102,10 +106,10 @@ def postgres_cpu_seconds(postgres: PostgresCluster) -> float:
     """CPU time of the whole cluster so far: the postmaster, its live and its exited backends."""
     postmaster = int((postgres.datadir / "postmaster.pid").read_text().split()[0])
     total = _cpu_seconds(postmaster, children=True)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
-                total += _cpu_seconds(int(stat.parent.name))
+            if int(_stat_fields(proc.name)[1]) == postmaster:
+                total += _cpu_seconds(int(proc.name))
     return total
 
 
