@@ -14,6 +14,7 @@ import httpx
 import structlog
 from prometheus_client import Gauge
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -23,6 +24,7 @@ from starlette.routing import Route
 from api.auth import Authenticator
 from api.broker import EventBroker
 from api.context import FunctionContext
+from api.errors import HttpError
 from api.functions import function_routes
 from api.ratelimit import RateLimiter
 from api.settings import ApiSettings
@@ -40,7 +42,7 @@ PAGE = files("api").joinpath("page.html").read_text()
 @contextlib.asynccontextmanager
 async def running_api(settings: ApiSettings) -> AsyncIterator[FunctionContext]:
     """The functions' shared state: a small pool for requests, the broker's LISTEN, the JWKS client."""
-    pool = connection_pool(str(settings.database_url), max_size=8)
+    pool = connection_pool(str(settings.database_url), max_size=8, check=True)
     await pool.open(wait=True, timeout=30)
     http = httpx.AsyncClient(timeout=10)
     broker = EventBroker(str(settings.database_url))
@@ -76,9 +78,13 @@ def build_app(context: FunctionContext, extras: Extras | None = None) -> Starlet
     async def healthz(_: Request) -> Response:
         listening = context.broker.listener.connected.is_set()
         body: dict[str, Any] = {"status": "ok" if listening else "degraded", "event_listener": listening}
+        healthy = listening
         if extras is not None:
-            body["dispatcher"] = extras.health()
-        return JSONResponse(body, status_code=200 if listening else 503)
+            body["dispatcher"] = dispatcher = extras.health()
+            healthy = healthy and dispatcher["status"] == "ok"
+            if dispatcher["status"] != "ok":
+                body["status"] = dispatcher["status"]
+        return JSONResponse(body, status_code=200 if healthy else 503)
 
     routes = [
         Route("/", page, methods=["GET"]),
@@ -94,4 +100,19 @@ def build_app(context: FunctionContext, extras: Extras | None = None) -> Starlet
         allow_headers=ALLOWED_HEADERS,
         max_age=86400,
     )
-    return Starlette(routes=routes, middleware=[cors])
+    return Starlette(
+        routes=routes,
+        middleware=[cors],
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    """Unknown routes and wrong methods answer JSON too: supabase-js reads error.context.json()."""
+    assert isinstance(exc, HTTPException)
+    return HttpError(exc.status_code, exc.detail, dict(exc.headers or {})).response()
+
+
+async def _internal_error(_: Request, exc: Exception) -> Response:
+    log.error("request.failed", error_type=type(exc).__name__)
+    return HttpError(500, "internal error").response()

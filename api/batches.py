@@ -19,6 +19,8 @@ from api.errors import HttpError
 # The database names its columns; the frontend's body names them in camelCase.
 _BODY_NAMES = {"aspect_ratio": "aspectRatio", "project_id": "projectId"}
 _FIELD = re.compile(r"^(\w+)")
+_TIMING = re.compile(r"^timings\b")  # the body has no timings: they come with its prompts
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ def _optional_seed(body: dict[str, Any]) -> int | None:
     value = body.get("seed")
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         raise HttpError(400, "seed: must be an integer")
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise HttpError(400, f"seed: must be between 0 and {MAX_SEED}")
     return value
 
 
@@ -115,11 +119,19 @@ async def insert_batch(conn: psycopg.AsyncConnection[Any], caller: Caller, batch
             row = await cursor.fetchone()
     except psycopg.errors.CheckViolation as exc:
         raise HttpError(400, _body_names(exc.diag.message_primary or str(exc))) from None
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise HttpError(403, _body_names(exc.diag.message_primary or "not allowed")) from None
+    except psycopg.errors.ForeignKeyViolation:
+        # The token is valid but its user is gone (deleted, or another project's).
+        raise HttpError(401, "the token's user does not exist in this project") from None
+    except psycopg.errors.DataError as exc:  # a value the column's type cannot hold
+        raise HttpError(400, f"a value cannot be stored: {exc.diag.message_primary}") from None
     assert row is not None
     return UUID(str(row[0]))
 
 
 def _body_names(message: str) -> str:
+    message = _TIMING.sub("prompts", message, count=1)
     return _FIELD.sub(lambda m: _BODY_NAMES.get(m.group(1), m.group(1)), message, count=1)
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+from ipaddress import ip_address
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
 
+from api import body
 from api.auth import Authenticator, Caller, bearer_token
 from api.broker import EventBroker
 from api.errors import HttpError
@@ -30,14 +31,10 @@ class FunctionContext:
 
     def rate_limit(self, caller: Caller, request: Request) -> None:
         """Users each have their own bucket; anon-key callers (the old frontend: every user shares
-        that key) one per client address, the first X-Forwarded-For hop behind a proxy; admins none."""
+        that key) one per client address; admins none."""
         if caller.is_admin:
             return
-        if caller.user_id is not None:
-            key = str(caller.user_id)
-        else:
-            forwarded = request.headers.get("x-forwarded-for", "").split(",")[0].strip()
-            key = f"anon:{forwarded or (request.client.host if request.client else '')}"
+        key = str(caller.user_id) if caller.user_id is not None else f"anon:{self.client_address(request)}"
         retry_in_s = self.limiter.take(key)
         if retry_in_s:
             raise HttpError(
@@ -46,16 +43,29 @@ class FunctionContext:
                 headers={"Retry-After": str(max(1, round(retry_in_s)))},
             )
 
+    def client_address(self, request: Request) -> str:
+        """The connection's address, or, when that is a trusted proxy, the nearest X-Forwarded-For
+        hop that is not one: the only hop no client can write (a client sets the leftmost ones)."""
+        address = request.client.host if request.client else ""
+        if not self._trusted(address):
+            return address
+        hops = [hop.strip() for hop in request.headers.get("x-forwarded-for", "").split(",") if hop.strip()]
+        for hop in reversed(hops):
+            if not self._trusted(hop):
+                return hop
+            address = hop
+        return address
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.settings.trusted_proxies)
+
+    async def json_body(self, request: Request) -> dict[str, Any]:
+        return await body.json_object(request, self.settings.max_body_bytes)
+
     def admin_only(self, caller: Caller) -> None:
         if not caller.is_admin:
             raise HttpError(403, "admin only: use the service-role key or an admin account")
-
-
-async def json_object(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise HttpError(400, "the body must be JSON") from None
-    if not isinstance(body, dict):
-        raise HttpError(400, "the body must be a JSON object")
-    return body

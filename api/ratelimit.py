@@ -1,12 +1,18 @@
-"""Per-caller token buckets: a burst allowance refilled at a steady rate.
+"""Per-caller token buckets: a burst allowance refilled at a steady rate, in bounded memory.
 
 In-process state: with several replicas behind a load balancer each enforces
 its own bucket, so the effective limit is per replica.
+
+Memory: a bucket untouched for burst/rate seconds has refilled, so it is the same as
+no bucket and is dropped (buckets are kept oldest-first, so that costs nothing per call).
+Past ``max_keys`` live buckets the oldest go too: that forgives their callers, it never
+refuses anyone more.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 
@@ -17,18 +23,32 @@ class _Bucket:
 
 
 class RateLimiter:
-    def __init__(self, per_minute: float, burst: int) -> None:
+    def __init__(self, per_minute: float, burst: int, max_keys: int = 100_000) -> None:
         self.rate_per_s = per_minute / 60
         self.burst = burst
-        self._buckets: dict[str, _Bucket] = {}
+        self.max_keys = max_keys
+        self._refill_s = burst / self.rate_per_s
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def take(self, key: str) -> float:
         """Take one token for ``key``: 0 when allowed, else the seconds until one is available."""
         now = time.monotonic()
-        bucket = self._buckets.setdefault(key, _Bucket(float(self.burst), now))
+        self._forget_refilled(now)
+        bucket = self._buckets.pop(key, None) or _Bucket(float(self.burst), now)
+        self._buckets[key] = bucket  # now the newest
         bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate_per_s)
         bucket.updated = now
         if bucket.tokens >= 1:
             bucket.tokens -= 1
             return 0.0
         return (1 - bucket.tokens) / self.rate_per_s
+
+    def _forget_refilled(self, now: float) -> None:
+        while self._buckets:
+            oldest = next(iter(self._buckets.values()))
+            if now - oldest.updated < self._refill_s and len(self._buckets) < self.max_keys:
+                return
+            self._buckets.popitem(last=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
@@ -43,12 +44,27 @@ class ApiSettings(DatabaseSettings):
         default=10, ge=1, description="generate-images calls a user may make at once"
     )
     sse_ping_seconds: float = Field(default=15, gt=0, description="keep-alive comment interval on streams")
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="largest request body a function reads (413 beyond)"
+    )
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default=[],
+        description="addresses or networks of the proxies whose X-Forwarded-For is believed, "
+        "comma-separated (default none: the connection's own address is the client's)",
+    )
 
     @field_validator("cors_allowed_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [ip_network(item.strip(), strict=False) for item in value.split(",") if item.strip()]
         return value
 
     @property

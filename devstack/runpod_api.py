@@ -35,13 +35,15 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
 def build_runpod_app(
     platform: Platform, api_key: str, worker_key: str, take_timeout_s: float = 10
 ) -> ASGIApp:
+    platform.api_key = api_key
+
     def endpoint(request: Request) -> str | None:
         endpoint_id = str(request.path_params["endpoint_id"])
         return endpoint_id if endpoint_id in platform.endpoint_ids else None
 
     def public(handler: Any) -> Any:
         async def guarded(request: Request) -> Response:
-            if request.headers.get("authorization") != f"Bearer {api_key}":
+            if request.headers.get("authorization") != f"Bearer {platform.api_key}":
                 return error(401, "Unauthorized: missing or invalid API key")
             if endpoint(request) is None:
                 return error(404, "endpoint not found")
@@ -94,6 +96,8 @@ def build_runpod_app(
         job_id = request.path_params["job_id"]
         platform.counters.status_polls[job_id] += 1
         job = platform.get(request.path_params["endpoint_id"], job_id)
+        if job is None and platform.faults_for(request.path_params["endpoint_id"]).unknown_job_as_failed:
+            return JSONResponse({"id": job_id, "status": "FAILED", "error": "Job ID not found"})
         if job is None:
             return error(404, "request does not exist")
         return JSONResponse(job.envelope())

@@ -61,6 +61,9 @@ class Faults:
     rerun_lost_jobs: bool = False  # a job whose worker died runs again instead of TIMED_OUT
     queue_delay_s: float = 0.0  # least time a job waits IN_QUEUE
     rate_limits: bool = False  # enforce RunPod's per-10 s limits: run 1000, status 2000, cancel 100
+    # an unknown job id is answered as RunPod's local test server does, 200 {"status": "FAILED",
+    # "error": "Job ID not found"}, instead of the platform's 404
+    unknown_job_as_failed: bool = False
 
     def update(self, changes: dict[str, Any]) -> None:
         for name, value in changes.items():
@@ -174,6 +177,7 @@ class Platform:
         self.webhook_retries = webhook_retries
         self.webhook_retry_delay_s = webhook_retry_delay_s
         self.faults = faults or Faults()
+        self.api_key: str | None = None  # set by the API that serves it; a test may rotate it
         self.endpoint_faults: dict[str, Faults] = {}  # overrides for one endpoint (failover tests)
         self.counters = Counters()
         self.rate_limiter = RateLimiter()

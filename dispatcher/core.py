@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,11 +27,15 @@ import structlog
 from dispatcher.domain import (
     ClaimedJob,
     DispatchError,
+    ReusableImage,
     RunPodError,
     RunPodJobGone,
     RunPodOutcomeUnknown,
+    RunPodRejected,
     RunPodState,
+    RunPodUnauthorized,
     RunPodUnavailable,
+    StorageError,
     WorkerFailure,
 )
 from dispatcher.images import decode_png
@@ -43,7 +48,6 @@ from dispatcher.metrics import (
     RESUBMISSIONS,
     STATUS_POLLS_PER_JOB,
 )
-from dispatcher.naming import storage_path
 from dispatcher.polling import FixedSchedule, LatencyModel, PollSchedule
 from dispatcher.runpod import EndpointPool, RunPodClient
 from dispatcher.settings import DispatcherSettings
@@ -58,12 +62,18 @@ class LostJob(Exception):
     """This dispatcher no longer owns the job (cancelled by its user, or taken over)."""
 
 
+class Deferred(Exception):
+    """The job cannot be submitted anywhere now (every endpoint refuses our key): it goes back
+    to the queue without counting an attempt."""
+
+
 @dataclass
 class JobRun:
     """A claimed job in flight, and what reaches it from outside its task."""
 
     job: ClaimedJob
     attempt: int
+    submission: int  # names this submission's webhook URL; never repeats for the job
     endpoint_id: str | None = None
     runpod_job_id: str | None = None
     polls: int = 0
@@ -98,19 +108,24 @@ class Dispatcher:
     def wake(self, _payload: str = "") -> None:
         self._wake.set()
 
-    def deliver_webhook(self, job_id: UUID, attempt: int, payload: dict[str, Any]) -> bool:
-        """A verified webhook for a job this process runs; False if it runs elsewhere."""
+    def deliver_webhook(self, job_id: UUID, submission: int, payload: dict[str, Any]) -> str:
+        """A webhook whose token checked out: 'delivered' to the job this process runs, 'elsewhere'
+        if it runs in no task here, or why it was refused. Only the submission we wait on counts,
+        and only for the RunPod job recorded for it: an older submission's URL (seen in RunPod's
+        logs, or replayed) can never finish a newer run."""
         run = self.active.get(job_id)
         if run is None:
-            return False
+            return "elsewhere"
         state = RunPodState.from_json(payload)
-        ours = run.runpod_job_id in (None, state.id)
-        # Any attempt's image will do (the first valid result wins); a failure counts only
-        # for the submission we are waiting on.
-        if state.finished and attempt <= run.attempt and (state.status == "COMPLETED" or ours):
-            run.webhook_state = state
-            run.hint.set()
-        return True
+        if submission != run.submission:
+            return "not the current submission"
+        if run.runpod_job_id is not None and state.id != run.runpod_job_id:
+            return "another RunPod job than the one recorded"
+        if not state.finished:
+            return "the job is not finished"
+        run.webhook_state = state
+        run.hint.set()
+        return "delivered"
 
     def hint_completed(self, payload: str) -> None:
         """Another replica received this job's webhook: poll it now."""
@@ -121,13 +136,16 @@ class Dispatcher:
 
     # ---- the loops -----------------------------------------------------------------
     async def run(self) -> None:
-        renewer = asyncio.create_task(self._renew_leases_forever(), name="lease-renewer")
+        helpers = [
+            asyncio.create_task(self._renew_leases_forever(), name="lease-renewer"),
+            asyncio.create_task(self._probe_paused_endpoints_forever(), name="endpoint-prober"),
+        ]
         try:
             await self._claim_forever()
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop claiming, let jobs in flight finish for grace_s, then hand the rest back."""
@@ -148,7 +166,8 @@ class Dispatcher:
         while not self._stopping.is_set():
             self._wake.clear()
             free = self.settings.max_in_flight - len(self.active)
-            if free > 0:
+            # While every endpoint refuses our key, jobs stay queued (the prober wakes us).
+            if free > 0 and not self.endpoints.all_paused:
                 try:
                     for job in await self.store.claim(free, self.settings.max_in_flight_per_user):
                         self._start(job)
@@ -163,6 +182,7 @@ class Dispatcher:
         run = JobRun(
             job,
             job.attempts,
+            job.submissions,
             job.runpod_endpoint_id,
             job.runpod_job_id,
             maybe_submitted=job.previous_status != "queued" and job.runpod_job_id is None,
@@ -185,6 +205,17 @@ class Dispatcher:
                     run.lost = True
                     run.hint.set()
 
+    async def _probe_paused_endpoints_forever(self) -> None:
+        """An endpoint that refused our key is asked again now and then; it resumes once it
+        answers (the key was fixed or rotated back), and the claim loop is woken."""
+        while True:
+            await asyncio.sleep(self.settings.endpoint_probe_seconds)
+            for endpoint in sorted(self.endpoints.unauthorized):
+                with contextlib.suppress(RunPodError):
+                    await self.runpod.health(endpoint)
+                    self.endpoints.resume(endpoint)
+                    self._wake.set()
+
     # ---- one job -------------------------------------------------------------------
     async def _process(self, run: JobRun) -> None:
         job_log = self.log.bind(job_id=str(run.job.id), batch_id=str(run.job.batch_id))
@@ -193,6 +224,9 @@ class Dispatcher:
                 return
             state = await self._run_on_runpod(run, job_log)
             await self._settle(run, state, job_log)
+        except Deferred as deferred:
+            if await self.store.defer(run.job.id, str(deferred), self.settings.endpoint_probe_seconds):
+                job_log.warning("job.deferred", reason=str(deferred))
         except LostJob:
             job_log.info("job.lost", reason="the row is no longer ours (cancelled or taken over)")
             await self._cancel_on_runpod(run)
@@ -230,7 +264,6 @@ class Dispatcher:
 
     async def _submit(self, run: JobRun, job_log: Any) -> None:
         job, settings = run.job, self.settings
-        endpoint = self.endpoints.pick()
         payload: dict[str, Any] = {
             "input": job.worker_input(),
             "policy": {
@@ -240,23 +273,44 @@ class Dispatcher:
         }
         if settings.webhook_public_url:
             payload["webhook"] = webhook_url(
-                settings.webhook_public_url, settings.webhook_secret.get_secret_value(), job.id, run.attempt
+                settings.webhook_public_url,
+                settings.webhook_secret.get_secret_value(),
+                job.id,
+                run.submission,
             )
-        try:
-            runpod_job_id = await self.runpod.submit(endpoint, payload)
-        except RunPodOutcomeUnknown:
-            run.maybe_submitted = True
-            job_log.warning("job.submit_answer_lost", endpoint_id=endpoint)
+        endpoint, runpod_job_id = await self._submit_anywhere(payload, run, job_log)
+        if runpod_job_id is None:
             return
-        except RunPodUnavailable:
-            self.endpoints.failed(endpoint)
-            raise
         self.endpoints.succeeded(endpoint)
         run.endpoint_id, run.runpod_job_id, run.submitted_at = endpoint, runpod_job_id, time.monotonic()
         if not await self.store.mark_submitted(job.id, runpod_job_id, endpoint):
             raise LostJob
         INSERT_TO_SUBMIT.observe((datetime.now(UTC) - job.created_at).total_seconds())
         job_log.info("job.submitted", runpod_job_id=runpod_job_id, endpoint_id=endpoint, attempt=run.attempt)
+
+    async def _submit_anywhere(
+        self, payload: dict[str, Any], run: JobRun, job_log: Any
+    ) -> tuple[str, str | None]:
+        """Submit to the first endpoint that takes our key: (endpoint, RunPod job id, or None if
+        the answer was lost). An endpoint that refuses the key is paused, not the job's fault:
+        when none is left, the job goes back to the queue unpenalised (Deferred)."""
+        while True:
+            try:
+                endpoint = self.endpoints.pick()
+            except RunPodUnauthorized as exc:
+                raise Deferred(str(exc)) from exc
+            try:
+                return endpoint, await self.runpod.submit(endpoint, payload)
+            except RunPodUnauthorized as exc:
+                self.endpoints.pause(endpoint, str(exc))
+                continue
+            except RunPodOutcomeUnknown:
+                run.maybe_submitted = True
+                job_log.warning("job.submit_answer_lost", endpoint_id=endpoint)
+                return endpoint, None
+            except RunPodUnavailable:
+                self.endpoints.failed(endpoint)
+                raise
 
     async def _await_lost_submission(self, run: JobRun) -> RunPodState | None:
         """Give a submission we lost track of the chance to report by webhook before paying again."""
@@ -271,13 +325,14 @@ class Dispatcher:
         return None
 
     async def _resubmit(self, run: JobRun, reason: str, job_log: Any) -> None:
-        attempt = await self.store.resubmit(run.job.id, reason)
-        if attempt is None:
+        numbers = await self.store.resubmit(run.job.id, reason)
+        if numbers is None:
             raise LostJob
-        run.attempt, run.runpod_job_id, run.endpoint_id, run.webhook_state = attempt, None, None, None
+        (run.attempt, run.submission), run.runpod_job_id, run.endpoint_id = numbers, None, None
+        run.webhook_state = None
         run.maybe_submitted = False
         RESUBMISSIONS.labels(reason=reason).inc()
-        job_log.warning("job.resubmitted", attempt=attempt, reason=reason)
+        job_log.warning("job.resubmitted", attempt=run.attempt, submission=run.submission, reason=reason)
 
     async def _await_completion(self, run: JobRun, job_log: Any) -> RunPodState:
         assert run.runpod_job_id is not None
@@ -297,7 +352,15 @@ class Dispatcher:
                 raise LostJob
             if run.webhook_state is not None and run.webhook_state.finished:
                 return run.webhook_state
-            state = await self.runpod.status(run.endpoint_id, run.runpod_job_id)
+            try:
+                state = await self.runpod.status(run.endpoint_id, run.runpod_job_id)
+            except RunPodUnauthorized as exc:  # the job runs on; ask again once the key works
+                self.endpoints.pause(run.endpoint_id, str(exc))
+                delay = self.settings.endpoint_probe_seconds
+                continue
+            except RunPodRejected:  # it would run on, and bill, with nobody waiting for it
+                await self._cancel_on_runpod(run)
+                raise
             run.polls += 1
             if state.finished:
                 self.model.learn(run.job.size_key, state)
@@ -327,8 +390,9 @@ class Dispatcher:
             return
         if state.status != "COMPLETED":
             raise RunPodUnavailable(f"RunPod ended the job {state.status}")
-        png = decode_png(state.output, job.width, job.height)
-        path = storage_path(job.id, job.project_id, job.timing)
+        # Decoding every pixel takes milliseconds of CPU: off the event loop.
+        png = await asyncio.to_thread(decode_png, state.output, job.width, job.height)
+        path = job.storage_path
         url = await self.storage.upload_png(path, png)
         output = state.output
         timings = {
@@ -339,7 +403,7 @@ class Dispatcher:
         stored = await self.store.succeed(
             job,
             image_url=url,
-            storage_path=path,
+            image_sha256=hashlib.sha256(png).hexdigest(),
             width=job.width,
             height=job.height,
             steps=_reported(output, "steps") or job.steps,
@@ -360,29 +424,39 @@ class Dispatcher:
         if not self.settings.reuse_seeded_images or job.seed is None or job.previous_status != "queued":
             return False
         found = await self.store.find_reusable(job)
-        if found is None:
+        if found is None or not await self._copy_verified(found, job.storage_path, job_log):
             return False
-        path = storage_path(job.id, job.project_id, job.timing)
-        url = (
-            found["image_url"]
-            if path == found["storage_path"]
-            else await self.storage.copy(found["storage_path"], path)
-        )
         stored = await self.store.succeed(
             job,
-            image_url=url,
-            storage_path=path,
-            width=found["width"],
-            height=found["height"],
-            steps=found["steps"],
+            image_url=self.storage.public_url(job.storage_path),
+            image_sha256=found.image_sha256,
+            width=found.width,
+            height=found.height,
+            steps=found.steps,
             seed=job.seed,
             timings={"reused": True},
             status_polls=0,
-            reused_from=found["id"],
+            reused_from=found.id,
         )
         if stored:
             JOBS_FINISHED.labels(outcome="reused").inc()
-            job_log.info("job.reused", reused_from=str(found["id"]))
+            job_log.info("job.reused", reused_from=str(found.id))
+        return True
+
+    async def _copy_verified(self, found: ReusableImage, path: str, job_log: Any) -> bool:
+        """Put the earlier job's bytes at ``path``, only if what sits at its key still hashes to
+        what that job recorded (its owner may have written the key again since): never someone
+        else's later image."""
+        try:
+            png = await self.storage.download(found.storage_path)
+        except StorageError as exc:
+            job_log.info("job.reuse_skipped", reused_from=str(found.id), reason=str(exc))
+            return False
+        if hashlib.sha256(png).hexdigest() != found.image_sha256:
+            job_log.warning("job.reuse_skipped", reused_from=str(found.id), reason="stored bytes changed")
+            return False
+        if path != found.storage_path:
+            await self.storage.upload_png(path, png)
         return True
 
     async def _fail(self, run: JobRun, message: str, retryable: bool, job_log: Any) -> None:

@@ -5,9 +5,11 @@
     │   ├── RunPodUnavailable    retryable: connection refused, timeout, 429, 5xx
     │   │   └── RunPodThrottled  429, with the Retry-After RunPod asked for
     │   ├── RunPodOutcomeUnknown the request may have been carried out, its answer was lost
-    │   ├── RunPodRejected       a 4xx other than 404/429: never retried
-    │   └── RunPodJobGone        404: unknown job, result expired or ttl passed
-    ├── StorageError             upload failed (retryable)
+    │   ├── RunPodRejected       a 4xx other than 401/403/404/429: never retried
+    │   ├── RunPodUnauthorized   401/403: the deployment's key or endpoint is wrong, not the job
+    │   └── RunPodJobGone        unknown job (404, or a FAILED "not found"): result expired, ttl passed
+    ├── StorageError             upload or download failed (retryable)
+    │   └── StorageRejected      Storage refused the request itself (a bad key, type, size)
     └── BadResult                the worker's output is not a PNG of the requested size
 
 Whether a failure is worth another attempt is a property of the type, never
@@ -65,8 +67,16 @@ class RunPodJobGone(RunPodError):
     pass
 
 
+class RunPodUnauthorized(RunPodError):
+    """The endpoint refuses our key: it is paused and its jobs wait, unpenalised, in Postgres."""
+
+
 class StorageError(DispatchError):
     pass
+
+
+class StorageRejected(StorageError):
+    retryable = False
 
 
 class BadResult(DispatchError):
@@ -92,8 +102,8 @@ class ClaimedJob:
     runpod_endpoint_id: str | None
     previous_status: str
     created_at: datetime
-    project_id: str | None
-    timing: dict[str, Any] | None
+    storage_path: str  # computed when the row was inserted
+    submissions: int  # RunPod submissions so far, never reset: names this one's webhook
 
     @property
     def size_key(self) -> tuple[str, int, int]:
@@ -156,3 +166,21 @@ class WorkerFailure:
         message = str(data.get("error_message") or data.get("error_type") or error)
         # Errors without the flag come from the SDK or the platform: bounded retries.
         return cls(message, bool(data.get("retryable", True)))
+
+
+# The fair-share identity of batches that belong to no user (made with the anon or the
+# service-role key): they share one per-user cap.
+NOBODY = UUID(int=0)
+
+
+@dataclass(frozen=True)
+class ReusableImage:
+    """A succeeded job whose stored bytes an identical seeded request may copy."""
+
+    id: UUID
+    image_url: str
+    storage_path: str
+    image_sha256: str
+    width: int
+    height: int
+    steps: int

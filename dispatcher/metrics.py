@@ -25,3 +25,11 @@ COMPLETION_TO_STORED = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 RESUBMISSIONS = Counter("zimage_resubmissions_total", "Jobs submitted again, by reason", ["reason"])
+ENDPOINT_PAUSED = Gauge(
+    "zimage_runpod_endpoint_paused",
+    "1 while a RunPod endpoint refuses the API key (401/403): its jobs wait in Postgres",
+    ["endpoint_id"],
+)
+WEBHOOKS_REFUSED = Counter(
+    "zimage_runpod_webhooks_refused_total", "RunPod webhook calls refused, by reason", ["reason"]
+)

@@ -29,9 +29,10 @@ from dispatcher.domain import (
     RunPodRejected,
     RunPodState,
     RunPodThrottled,
+    RunPodUnauthorized,
     RunPodUnavailable,
 )
-from dispatcher.metrics import RUNPOD_CALLS
+from dispatcher.metrics import ENDPOINT_PAUSED, RUNPOD_CALLS
 
 log = structlog.get_logger("dispatcher.runpod")
 
@@ -74,7 +75,14 @@ class RunPodClient:
     async def status(self, endpoint_id: str, job_id: str) -> RunPodState:
         idempotent = (RunPodUnavailable, RunPodOutcomeUnknown)
         data = await self._retrying(idempotent, endpoint_id, "GET", f"status/{job_id}")
-        return RunPodState.from_json(data)
+        state = RunPodState.from_json(data)
+        if _is_unknown_job(state):
+            raise RunPodJobGone(f"RunPod status: {state.error}")
+        return state
+
+    async def health(self, endpoint_id: str) -> dict[str, Any]:
+        """The endpoint's queue and workers; one try (used to probe a paused endpoint)."""
+        return await self._call(endpoint_id, "GET", "health")
 
     async def cancel(self, endpoint_id: str, job_id: str) -> None:
         idempotent = (RunPodUnavailable, RunPodOutcomeUnknown)
@@ -133,6 +141,8 @@ class RunPodClient:
             raise RunPodUnavailable(f"RunPod {route}: {status}")
         if status == 404:
             raise RunPodJobGone(f"RunPod {route}: 404 {response.text[:200]}")
+        if status in (401, 403):
+            raise RunPodUnauthorized(f"RunPod {route}: {status}: the API key or endpoint is refused")
         if status >= 400:
             raise RunPodRejected(f"RunPod {route}: {status} {response.text[:200]}")
         data: dict[str, Any] = response.json()
@@ -146,8 +156,22 @@ def _retry_after(response: httpx.Response) -> float:
         return 1.0
 
 
+def _is_unknown_job(state: RunPodState) -> bool:
+    """RunPod's local test server (and, by its SDK's code, older platform versions) answers an
+    unknown id with ``200 {"status": "FAILED", "error": "Job ID not found"}``: deliberately read
+    from the message, since nothing else tells it from a worker's failure."""
+    return (
+        state.status == "FAILED"
+        and state.output is None
+        and isinstance(state.error, str)
+        and "not found" in state.error.lower()
+        and "job" in state.error.lower()
+    )
+
+
 class EndpointPool:
-    """Failover across endpoint ids: the first one not cooling down after repeated failures."""
+    """Failover across endpoint ids: the first one not cooling down after repeated failures,
+    and never one that refuses our key (paused until a probe finds it answering again)."""
 
     def __init__(self, endpoint_ids: list[str], cooldown_s: float, failures_to_trip: int = 3) -> None:
         self.endpoint_ids = endpoint_ids
@@ -156,10 +180,32 @@ class EndpointPool:
         self._failures = dict.fromkeys(endpoint_ids, 0)
         self._cooling_until = dict.fromkeys(endpoint_ids, 0.0)
 
+        self.unauthorized: set[str] = set()
+
     def pick(self) -> str:
+        """An endpoint to submit to; RunPodUnauthorized if every one refuses our key."""
         now = time.monotonic()
-        healthy = [endpoint for endpoint in self.endpoint_ids if self._cooling_until[endpoint] <= now]
-        return healthy[0] if healthy else min(self.endpoint_ids, key=self._cooling_until.__getitem__)
+        usable = [endpoint for endpoint in self.endpoint_ids if endpoint not in self.unauthorized]
+        if not usable:
+            raise RunPodUnauthorized("every RunPod endpoint refuses the API key")
+        healthy = [endpoint for endpoint in usable if self._cooling_until[endpoint] <= now]
+        return healthy[0] if healthy else min(usable, key=self._cooling_until.__getitem__)
+
+    @property
+    def all_paused(self) -> bool:
+        return self.unauthorized >= set(self.endpoint_ids)
+
+    def pause(self, endpoint_id: str, reason: str) -> None:
+        if endpoint_id not in self.unauthorized:
+            self.unauthorized.add(endpoint_id)
+            ENDPOINT_PAUSED.labels(endpoint_id=endpoint_id).set(1)
+            log.error("endpoint.paused", endpoint_id=endpoint_id, reason=reason)
+
+    def resume(self, endpoint_id: str) -> None:
+        if endpoint_id in self.unauthorized:
+            self.unauthorized.discard(endpoint_id)
+            ENDPOINT_PAUSED.labels(endpoint_id=endpoint_id).set(0)
+            log.info("endpoint.resumed", endpoint_id=endpoint_id)
 
     def succeeded(self, endpoint_id: str) -> None:
         self._failures[endpoint_id] = 0

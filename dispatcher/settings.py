@@ -58,6 +58,11 @@ class DispatcherSettings(DatabaseSettings):
     queue_budget_seconds: float = Field(default=600, gt=0)
     lost_submit_grace_seconds: float = Field(default=30, ge=0)
     endpoint_cooldown_seconds: float = Field(default=60, ge=0)
+    endpoint_probe_seconds: float = Field(
+        default=15,
+        gt=0,
+        description="how often an endpoint that refused the API key (401/403) is asked again",
+    )
     reuse_seeded_images: bool = True
     fixed_poll_interval_seconds: float | None = Field(
         default=None,

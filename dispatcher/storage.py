@@ -9,7 +9,12 @@ import httpx
 from storage3 import AsyncStorageClient
 from storage3.exceptions import StorageApiError
 
-from dispatcher.domain import StorageError
+from dispatcher.domain import StorageError, StorageRejected
+
+# Answers that say the request itself is wrong (a key Storage refuses, a type or size the
+# bucket does not allow): another attempt would fail the same way. 401/403 are not here:
+# they mean the deployment's key is wrong, not the job.
+_REJECTED = {400, 413, 415, 422}
 
 
 class SupabaseStorage:
@@ -29,16 +34,28 @@ class SupabaseStorage:
         """Upsert the PNG at path; return its public URL."""
         try:
             await self._bucket.upload(path, png, {"content-type": "image/png", "upsert": "true"})
-        except (StorageApiError, httpx.HTTPError) as exc:
-            raise StorageError(f"upload of {path} failed: {exc}") from exc
+        except StorageApiError as exc:
+            raise _storage_error(f"upload of {path}", exc) from exc
+        except httpx.HTTPError as exc:
+            raise StorageError(f"upload of {path} failed: {type(exc).__name__}") from exc
         return self.public_url(path)
 
-    async def copy(self, source: str, destination: str) -> str:
+    async def download(self, path: str) -> bytes:
         try:
-            await self._bucket.copy(source, destination)
-        except (StorageApiError, httpx.HTTPError) as exc:
-            raise StorageError(f"copy of {source} to {destination} failed: {exc}") from exc
-        return self.public_url(destination)
+            return bytes(await self._bucket.download(path))
+        except StorageApiError as exc:
+            raise _storage_error(f"download of {path}", exc) from exc
+        except httpx.HTTPError as exc:
+            raise StorageError(f"download of {path} failed: {type(exc).__name__}") from exc
 
     def public_url(self, path: str) -> str:
         return f"{self._public_base}/{path}"
+
+
+def _storage_error(what: str, exc: StorageApiError) -> StorageError:
+    try:
+        status = int(exc.status)
+    except (TypeError, ValueError):
+        status = 0
+    kind = StorageRejected if status in _REJECTED else StorageError
+    return kind(f"{what} failed: {status or exc.status} {exc.code}: {exc.message}")

@@ -13,18 +13,22 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from dispatcher.domain import ClaimedJob
+from dispatcher.domain import NOBODY, ClaimedJob, ReusableImage
 from dispatcher.queries import QUERIES
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-def connection_pool(database_url: str, max_size: int = 8) -> AsyncConnectionPool:
+def connection_pool(database_url: str, max_size: int = 8, check: bool = False) -> AsyncConnectionPool:
+    """With ``check``, a connection is checked as it is handed out (one round trip on an idle
+    connection), so that after a Postgres restart no request fails on one of the pool's dead
+    connections once the database is back. The app asks for it; the dispatcher does not (its
+    leases recover from a failed statement, and its hot path would pay a round trip each)."""
     return AsyncConnectionPool(
         database_url,
         min_size=1,
@@ -32,6 +36,7 @@ def connection_pool(database_url: str, max_size: int = 8) -> AsyncConnectionPool
         open=False,
         kwargs={"autocommit": True},
         reconnect_timeout=60,
+        check=AsyncConnectionPool.check_connection if check else None,
     )
 
 
@@ -53,6 +58,7 @@ class PostgresJobStore:
                     "limit": limit,
                     "per_user": per_user,
                     "scan": max(limit * 4, 64),
+                    "nobody": NOBODY,
                 },
             )
             rows = await cursor.fetchall()
@@ -79,23 +85,28 @@ class PostgresJobStore:
             ).fetchall()
         return {row[0] for row in rows}
 
+    async def defer(self, job_id: UUID, reason: str, delay_s: float) -> bool:
+        """Hand an unsubmitted job back to the queue, its attempt not counted."""
+        return await self._changed("defer", id=job_id, reason=reason, delay_s=delay_s)
+
     async def mark_running(self, job_id: UUID) -> bool:
         return await self._changed("mark_running", id=job_id)
 
-    async def resubmit(self, job_id: UUID, reason: str) -> int | None:
-        """Start a new attempt; returns its number, or None if this dispatcher lost the job."""
+    async def resubmit(self, job_id: UUID, reason: str) -> tuple[int, int] | None:
+        """Start a new attempt; returns its number and the submission's, or None if this
+        dispatcher lost the job."""
         async with self.pool.connection() as conn:
             row = await (
                 await conn.execute(QUERIES["resubmit"], {"id": job_id, "owner": self.owner, "reason": reason})
             ).fetchone()
-        return None if row is None else int(row[0])
+        return None if row is None else (int(row[0]), int(row[1]))
 
     async def succeed(
         self,
         job: ClaimedJob,
         *,
         image_url: str,
-        storage_path: str,
+        image_sha256: str,
         width: int,
         height: int,
         steps: int,
@@ -109,7 +120,7 @@ class PostgresJobStore:
         row = (
             job.id,
             image_url,
-            storage_path,
+            image_sha256,
             width,
             height,
             steps,
@@ -144,7 +155,7 @@ class PostgresJobStore:
         names = (
             "ids",
             "image_urls",
-            "paths",
+            "hashes",
             "widths",
             "heights",
             "steps",
@@ -199,8 +210,11 @@ class PostgresJobStore:
             row = await (await conn.execute(QUERIES["job_status"], {"id": job_id})).fetchone()
         return None if row is None else str(row[0])
 
-    async def find_reusable(self, job: ClaimedJob) -> dict[str, Any] | None:
-        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+    async def find_reusable(self, job: ClaimedJob) -> ReusableImage | None:
+        async with (
+            self.pool.connection() as conn,
+            conn.cursor(row_factory=class_row(ReusableImage)) as cursor,
+        ):
             await cursor.execute(
                 QUERIES["find_reusable"],
                 {

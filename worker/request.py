@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.errors import InvalidInput
+from worker.text import strip_blank
 
 QUALITY_STEPS = {"basic": 9, "high": 16}
 ASPECT_RATIO_SIZES = {"16:9": (1024, 576), "1:1": (1024, 1024), "9:16": (576, 1024)}
@@ -52,7 +53,7 @@ def _prompt(raw: dict[str, Any]) -> str:
     prompt = raw["prompt"]
     if not isinstance(prompt, str):
         raise InvalidInput(f"prompt: must be a string, got {type(prompt).__name__}")
-    prompt = prompt.strip()
+    prompt = strip_blank(prompt)
     if not prompt:
         raise InvalidInput("prompt: must not be empty or blank")
     if len(prompt) > MAX_PROMPT_CHARS:

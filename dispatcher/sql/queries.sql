@@ -22,16 +22,20 @@ with due as (
 ), candidates as (
     select * from due union all select * from orphaned
 ), busy as (
-    select user_id, count(*) as n
+    -- Batches made with the anon or service-role key (user_id null) share one identity,
+    -- and so one cap: NULL never equals NULL, so they are compared by coalesce.
+    select coalesce(user_id, %(nobody)s::uuid) as user_key, count(*) as n
       from public.image_jobs
      where status in ('submitted', 'running') and lease_expires_at >= now()
-       and user_id in (select user_id from candidates)
-     group by user_id
+       and coalesce(user_id, %(nobody)s::uuid) in (select coalesce(user_id, %(nobody)s::uuid) from candidates)
+     group by 1
 ), chosen as (
     select c.id, c.status as previous_status
-      from (select candidates.*, row_number() over (partition by user_id order by created_at) as rank
+      from (select candidates.*,
+                   row_number() over (partition by coalesce(user_id, %(nobody)s::uuid) order by created_at)
+                     as rank
               from candidates) c
-      left join busy b on b.user_id = c.user_id
+      left join busy b on b.user_key = coalesce(c.user_id, %(nobody)s::uuid)
      where c.rank + coalesce(b.n, 0) <= %(per_user)s
      order by c.rank + coalesce(b.n, 0), c.created_at
      limit %(limit)s
@@ -41,6 +45,7 @@ with due as (
            lease_expires_at = now() + make_interval(secs => %(lease_s)s),
            status = case when chosen.previous_status = 'queued' then 'submitted' else j.status end,
            attempts = j.attempts + (chosen.previous_status = 'queued')::int,
+           submissions = j.submissions + (chosen.previous_status = 'queued')::int,
            runpod_job_id = case when chosen.previous_status = 'queued' then null else j.runpod_job_id end,
            runpod_endpoint_id = case when chosen.previous_status = 'queued' then null
                                      else j.runpod_endpoint_id end
@@ -55,7 +60,7 @@ with due as (
 )
 select c.id, c.batch_id, c.user_id, c.position, c.prompt, c.quality, c.aspect_ratio, c.seed,
        c.attempts, c.max_attempts, c.width, c.height, c.steps, c.runpod_job_id, c.runpod_endpoint_id,
-       c.submitted_at, c.created_at, c.previous_status, b.project_id, b.timings -> c.position as timing
+       c.submitted_at, c.created_at, c.previous_status, c.storage_path, c.submissions
   from claimed c join public.image_batches b on b.id = c.batch_id;
 
 -- name: mark_submitted
@@ -89,13 +94,13 @@ returning job_id;
 -- uses, so they cannot deadlock. OFFSET 0 keeps the ordered subquery from being
 -- flattened, so the calls happen in that order.
 select s.id,
-       public.dispatcher_succeed_job(s.id, %(owner)s, s.image_url, s.storage_path, s.width, s.height,
+       public.dispatcher_succeed_job(s.id, %(owner)s, s.image_url, s.image_sha256, s.width, s.height,
                                      s.steps, s.seed, s.timings, s.status_polls, s.reused_from)
   from (select u.*
-          from unnest(%(ids)s::uuid[], %(image_urls)s::text[], %(paths)s::text[], %(widths)s::int[],
+          from unnest(%(ids)s::uuid[], %(image_urls)s::text[], %(hashes)s::text[], %(widths)s::int[],
                       %(heights)s::int[], %(steps)s::int[], %(seeds)s::bigint[], %(timings)s::jsonb[],
                       %(polls)s::int[], %(reused_from)s::uuid[])
-               as u(id, image_url, storage_path, width, height, steps, seed, timings, status_polls,
+               as u(id, image_url, image_sha256, width, height, steps, seed, timings, status_polls,
                     reused_from)
           join public.image_jobs j on j.id = u.id
          order by j.batch_id, u.id
@@ -116,15 +121,31 @@ returning job_id;
 -- A new attempt for a job whose submission or result was lost; counted and explained.
 with updated as (
     update public.image_jobs
-       set attempts = attempts + 1, resubmissions = resubmissions + 1, status = 'submitted',
+       set attempts = attempts + 1, resubmissions = resubmissions + 1, submissions = submissions + 1,
+           status = 'submitted',
            runpod_job_id = null, runpod_endpoint_id = null
      where id = %(id)s and lease_owner = %(owner)s and status in ('submitted', 'running')
-    returning id, batch_id, attempts
+    returning id, batch_id, attempts, submissions
 )
 insert into public.image_job_events (batch_id, job_id, kind, payload)
 select batch_id, id, 'resubmitted', jsonb_build_object('attempt', attempts, 'reason', %(reason)s::text)
   from updated
-returning (select attempts from updated);
+returning (select attempts from updated), (select submissions from updated);
+
+-- name: defer
+-- Back to the queue without counting the attempt: the job was never submitted (every
+-- endpoint refuses our key). submissions is not given back: numbers never repeat.
+with updated as (
+    update public.image_jobs
+       set status = 'queued', attempts = greatest(attempts - 1, 0),
+           run_after = now() + make_interval(secs => %(delay_s)s),
+           lease_owner = null, lease_expires_at = null
+     where id = %(id)s and lease_owner = %(owner)s and status = 'submitted' and runpod_job_id is null
+    returning id, batch_id
+)
+insert into public.image_job_events (batch_id, job_id, kind, payload)
+select batch_id, id, 'deferred', jsonb_build_object('reason', %(reason)s::text) from updated
+returning job_id;
 
 -- name: renew_leases
 with locked as (
@@ -156,9 +177,12 @@ returning id;
 select status from public.image_jobs where id = %(id)s;
 
 -- name: find_reusable
-select id, image_url, storage_path, width, height, steps
+-- Only jobs whose stored bytes have a recorded hash: the copy is checked against it,
+-- since a project's key can be written again by its owner's later batches.
+select id, image_url, storage_path, image_sha256, width, height, steps
   from public.image_jobs
  where md5(prompt) = md5(%(prompt)s) and prompt = %(prompt)s and quality = %(quality)s
    and aspect_ratio = %(aspect_ratio)s and seed = %(seed)s and status = 'succeeded'
-   and storage_path is not null
+   and image_sha256 is not null
+ order by finished_at desc
  limit 1;

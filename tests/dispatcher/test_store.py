@@ -97,7 +97,7 @@ async def test_a_bad_success_fails_alone_and_the_others_of_its_moment_are_stored
             claimed.store.succeed(
                 job,
                 image_url=f"https://example.test/{job.position}.png",
-                storage_path=f"generated-images/{job.id}.png",
+                image_sha256="0" * 64,
                 width=job.width,
                 height=job.height,
                 steps=job.steps,

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api.batches import BatchRequest, insert_batch
-from api.context import FunctionContext, json_object
+from api.context import FunctionContext
 from api.errors import HttpError
 from api.streams import event_stream
 
@@ -26,7 +26,7 @@ METHODS = ["POST"]
 async def handle(request: Request, ctx: FunctionContext) -> Response:
     caller = await ctx.caller(request)
     ctx.rate_limit(caller, request)
-    body = await json_object(request)
+    body = await ctx.json_body(request)
     batch = BatchRequest.from_body(body)
     async with ctx.pool.connection() as conn:
         batch_id = await insert_batch(conn, caller, batch)

@@ -16,7 +16,7 @@ from uuid import UUID
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.context import FunctionContext, json_object
+from api.context import FunctionContext
 from api.errors import HttpError
 
 METHODS = ["POST"]
@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 async def handle(request: Request, ctx: FunctionContext) -> Response:
     ctx.admin_only(await ctx.caller(request))
-    body = await json_object(request)
+    body = await ctx.json_body(request)
     batch_id = _optional("batch_id", body, UUID)
     raw_job_ids = body.get("job_ids")
     job_ids: list[UUID] | None = None
