@@ -3,6 +3,7 @@ running: for tests and benchmarks of what follows a job (the progress stream), n
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 from uuid import UUID
 
@@ -20,7 +21,7 @@ async def finish_job(conn: psycopg.AsyncConnection[Any], job_id: UUID, error: st
     if error is None:
         await conn.execute(
             "select dispatcher_succeed_job(%s, 'devstack', %s, %s, 1024, 576, 9, 7, '{}', 1)",
-            (job_id, f"https://images.test/{job_id}.png", f"generated-images/{job_id}.png"),
+            (job_id, f"https://images.test/{job_id}.png", hashlib.sha256(job_id.bytes).hexdigest()),
         )
     else:
         await conn.execute("select dispatcher_fail_job(%s, 'devstack', %s, false, 1)", (job_id, error))

@@ -16,7 +16,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=256)
 def solid_png(width: int, height: int, rgb: tuple[int, int, int] = (96, 72, 48)) -> bytes:
     """A valid 8-bit RGB PNG; cached, since a load generator asks for the same few sizes."""
     row = b"\x00" + bytes(rgb) * width  # filter type 0, then the pixels

@@ -27,6 +27,7 @@ class LoopbackServer:
             # would close it under them and their result POST would die with a broken pipe.
             timeout_keep_alive=300,
             ws="websockets-sansio" if websockets else "none",
+            proxy_headers=False,  # as zimage serve: the app alone decides whose X-Forwarded-For to believe
         )
         self._server = EmbeddedServer(config)
         self._name = name

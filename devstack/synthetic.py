@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import random
 from dataclasses import dataclass
 
@@ -106,7 +107,7 @@ class SyntheticWorkers:
             self.platform.abandon(job)  # this worker "dies"; a fresh one takes its place
             return
         await self._steps(job, worker_id, request.steps, seconds)
-        png = solid_png(request.width, request.height)
+        png = solid_png(request.width, request.height, _colour(request.prompt, request.seed))
         self.platform.report(
             job.id,
             worker_id,
@@ -121,3 +122,10 @@ class SyntheticWorkers:
                 }
             },
         )
+
+
+def _colour(prompt: str, seed: int) -> tuple[int, int, int]:
+    """Like a model, the same prompt and seed give the same image, and others another one:
+    one of 64 colours, so that solid_png's cache holds every one a load test asks for."""
+    digest = hashlib.blake2b(f"{seed}:{prompt}".encode(), digest_size=3).digest()
+    return (digest[0] & 0xC0, digest[1] & 0xC0, digest[2] & 0xC0)

@@ -113,8 +113,17 @@ async def serve_until_signal(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
+    # proxy_headers off: uvicorn would otherwise take X-Forwarded-For as the client's address
+    # from any connection made on this host; the app decides whom to believe (TRUSTED_PROXIES).
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", ws="none"
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        ws="none",
+        proxy_headers=False,
     )
     server = EmbeddedServer(config)
     serving = asyncio.create_task(server.serve(), name="http")
