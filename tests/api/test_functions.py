@@ -45,7 +45,10 @@ async def test_bad_bodies_get_400_naming_the_field_and_insert_nothing(
 async def test_a_body_that_is_not_json_is_refused(api: Api) -> None:
     async with api.client(api.token()) as client:
         response = await client.post(GENERATE, content=b"prompts=a")
-    assert (response.status_code, response.json()["error"]) == (400, "the body must be JSON (UTF-8, no NaN or Infinity)")
+    assert (response.status_code, response.json()["error"]) == (
+        400,
+        "the body must be JSON (UTF-8, no NaN or Infinity)",
+    )
 
 
 async def test_each_user_is_rate_limited_on_their_own(start_api: ApiFactory) -> None:

@@ -160,7 +160,9 @@ def test_a_project_belongs_to_its_first_user(conn: psycopg.Connection) -> None:
     insert(conn, USER_A, ["again"], project_id="rome", timings=timed((1, 0, 1)))  # the owner may
     insert(conn, None, ["anon"], project_id="anon-project", timings=timed((1, 0, 1)))
     assert refusal(conn, USER_A, ["a"], project_id="anon-project").endswith("another user")
-    owners = dict(conn.execute("select project_id, owner_id::text from image_projects").fetchall())
+    owners: dict[str, str | None] = dict(
+        conn.execute("select project_id, owner_id::text from image_projects").fetchall()
+    )
     assert owners == {"rome": USER_A, "anon-project": None}
 
 
