@@ -208,6 +208,8 @@ class FaultInjection:
         elif draw() < faults.rate_5xx:
             status = self.platform.random.choice((500, 502, 503))
             await error(status, "injected server error")(scope, receive, counted)
+        elif route == "status" and draw() < faults.rate_status_400:
+            await error(400, "injected bad request")(scope, receive, counted)
         elif draw() < faults.rate_drop:
             await self.app(scope, receive, self._dropping(counted))
         else:

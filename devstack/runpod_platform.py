@@ -64,6 +64,7 @@ class Faults:
     # an unknown job id is answered as RunPod's local test server does, 200 {"status": "FAILED",
     # "error": "Job ID not found"}, instead of the platform's 404
     unknown_job_as_failed: bool = False
+    rate_status_400: float = 0.0  # /status answers 400 (a request RunPod refuses: never retried)
 
     def update(self, changes: dict[str, Any]) -> None:
         for name, value in changes.items():
