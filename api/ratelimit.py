@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -23,7 +24,14 @@ class _Bucket:
 
 
 class RateLimiter:
-    def __init__(self, per_minute: float, burst: int, max_keys: int = 100_000) -> None:
+    def __init__(
+        self,
+        per_minute: float,
+        burst: int,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
         self.rate_per_s = per_minute / 60
         self.burst = burst
         self.max_keys = max_keys
@@ -35,7 +43,7 @@ class RateLimiter:
 
     def take(self, key: str) -> float:
         """Take one token for ``key``: 0 when allowed, else the seconds until one is available."""
-        now = time.monotonic()
+        now = self.clock()
         self._forget_refilled(now)
         bucket = self._buckets.pop(key, None) or _Bucket(float(self.burst), now)
         self._buckets[key] = bucket  # now the newest
