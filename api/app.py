@@ -33,8 +33,19 @@ from dispatcher.store import connection_pool
 
 log = structlog.get_logger("api")
 
-# What the frontend's fetch and EventSource send (the old edge function allowed the first four).
-ALLOWED_HEADERS = ["authorization", "x-client-info", "apikey", "content-type", "accept", "last-event-id"]
+# What the frontend's fetch, EventSource and supabase-js's functions.invoke send (the old edge
+# function allowed the first four; invoke adds x-region when a region is chosen).
+ALLOWED_HEADERS = [
+    "authorization",
+    "x-client-info",
+    "apikey",
+    "content-type",
+    "accept",
+    "last-event-id",
+    "x-region",
+]
+# What a browser script may read from an answer: a 429's Retry-After (hidden by CORS otherwise).
+EXPOSED_HEADERS = ["retry-after"]
 SSE_STREAMS = Gauge("zimage_sse_subscribers", "Open progress streams")
 PAGE = files("api").joinpath("page.html").read_text()
 
@@ -98,6 +109,7 @@ def build_app(context: FunctionContext, extras: Extras | None = None) -> Starlet
         allow_origins=context.settings.cors_allowed_origins,
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=ALLOWED_HEADERS,
+        expose_headers=EXPOSED_HEADERS,
         max_age=86400,
     )
     return Starlette(

@@ -22,7 +22,7 @@ import httpx
 import psycopg
 
 from devstack.keys import LocalKeys
-from devstack.postgres import PostgresCluster, free_port
+from devstack.postgres import PROJECT_USER, PostgresCluster, free_port
 from devstack.runpod_api import build_runpod_app
 from devstack.runpod_platform import Platform
 from devstack.servers import LoopbackServer
@@ -82,11 +82,12 @@ class BenchCloud:
         self.workers.clear()
 
     def fresh_database(self, name: str) -> str:
-        with psycopg.connect(self.postgres.dsn(), autocommit=True) as conn:
+        with psycopg.connect(self.postgres.admin_dsn(), autocommit=True) as conn:
             conn.execute(f"create database {name}")
-        with psycopg.connect(self.postgres.dsn(name), autocommit=True) as conn:
+        with psycopg.connect(self.postgres.admin_dsn(name), autocommit=True) as conn:
             apply_shim(conn)
-            apply_migrations(conn)
+            conn.execute(f"alter database {name} owner to {PROJECT_USER}")
+            apply_migrations(conn, role=PROJECT_USER)
             conn.execute("insert into auth.users (id) values (%s)", (USER,))
         return name
 

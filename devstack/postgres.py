@@ -21,13 +21,19 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SUPERUSER = "postgres"
+# As on Supabase: the cluster's superuser is supabase_admin, and postgres, the role the
+# migrations and every service connect as, is not a superuser (the shim creates it).
+SUPERUSER = "supabase_admin"
+PROJECT_USER = "postgres"
+SERVER_OS_USER = "postgres"  # Postgres refuses to run as root: Debian's postgres account runs it
 _SERVER_SETTINGS = {
     "fsync": "off",
     "synchronous_commit": "off",
     "full_page_writes": "off",
     # logical so the Realtime stand-in can decode changes like Supabase does
     "wal_level": "logical",
+    # the Realtime stand-in stamps each change with its commit's time, as Realtime does
+    "track_commit_timestamp": "on",
     "max_connections": "300",
     "shared_buffers": "128MB",
 }
@@ -65,7 +71,7 @@ def free_port() -> int:
 
 def _server_user() -> str | None:
     """The user to run the server as: ``postgres`` when we are root, else ourselves."""
-    return SUPERUSER if os.geteuid() == 0 else None
+    return SERVER_OS_USER if os.geteuid() == 0 else None
 
 
 @dataclass
@@ -80,8 +86,14 @@ class PostgresCluster:
     def datadir(self) -> Path:
         return self.root / "data"
 
-    def dsn(self, dbname: str = "postgres", user: str = SUPERUSER) -> str:
+    def dsn(self, dbname: str = "postgres", user: str = PROJECT_USER) -> str:
+        """A connection as the project's owner role (not a superuser; it exists once the shim
+        has been applied), as a Supabase DATABASE_URL connects."""
         return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
+
+    def admin_dsn(self, dbname: str = "postgres") -> str:
+        """A connection as the cluster's superuser: for the shim and for creating databases."""
+        return self.dsn(dbname, SUPERUSER)
 
     def start(self) -> PostgresCluster:
         user = _server_user()

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from devstack.keys import LocalKeys
-from devstack.postgres import PostgresCluster
+from devstack.postgres import PROJECT_USER, PostgresCluster
 from devstack.realtime import RealtimeStandIn
 from devstack.runpod_api import build_runpod_app
 from devstack.runpod_platform import Faults, Platform
@@ -180,9 +180,9 @@ class Devstack:
 
     def _start_database(self) -> None:
         self.postgres.start()
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
+        with psycopg.connect(self.postgres.admin_dsn(), autocommit=True) as conn:
             apply_shim(conn)
-            apply_migrations(conn)
+            apply_migrations(conn, role=PROJECT_USER)
             conn.execute((SUPABASE_DIR / "seed.sql").read_text())
 
     def _load_buckets(self) -> None:

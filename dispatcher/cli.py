@@ -44,10 +44,10 @@ def run_service(main: Coroutine[Any, Any, None], fast_loop: bool = False) -> Non
 def _migrate(args: argparse.Namespace) -> int:
     settings = load_database_settings()
     with psycopg.connect(str(settings.database_url), autocommit=True) as conn:
-        if args.shim:
+        if args.shim:  # a local cluster's superuser: the migrations then run as postgres
             apply_shim(conn)
             print("applied the local Supabase shim")
-        applied = apply_migrations(conn)
+        applied = apply_migrations(conn, role="postgres" if args.shim else None)
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'already up to date'}")
     return EXIT_OK
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 SUPABASE_DIR = Path(__file__).resolve().parent.parent / "supabase"
 SHIM = SUPABASE_DIR / "local" / "shim.sql"
@@ -33,8 +34,21 @@ def apply_shim(conn: psycopg.Connection) -> None:
         conn.execute(SHIM.read_text())
 
 
-def apply_migrations(conn: psycopg.Connection) -> list[str]:
-    """Apply the migrations not yet recorded, each in its own transaction; return their versions."""
+def apply_migrations(conn: psycopg.Connection, role: str | None = None) -> list[str]:
+    """Apply the migrations not yet recorded, each in its own transaction; return their versions.
+    With ``role`` (a local cluster's superuser connection, after the shim), they run as that role,
+    as ``supabase db push`` runs them as postgres: what they create is postgres's, and Supabase's
+    default privileges apply to it."""
+    if role is not None:
+        conn.execute(sql.SQL("set role {}").format(sql.Identifier(role)))
+    try:
+        return _apply_pending(conn)
+    finally:
+        if role is not None:
+            conn.execute("reset role")
+
+
+def _apply_pending(conn: psycopg.Connection) -> list[str]:
     with conn.transaction():
         conn.execute(_HISTORY)
         done = {row[0] for row in conn.execute("select version from supabase_migrations.schema_migrations")}

@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from devstack.postgres import PostgresCluster
+from devstack.postgres import PROJECT_USER, PostgresCluster
 from dispatcher.schema import apply_migrations, apply_shim
 from worker.tiny import build_tiny_pipeline
 
@@ -32,22 +32,24 @@ _names = itertools.count()
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresCluster]:
     with PostgresCluster() as cluster:
-        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        with psycopg.connect(cluster.admin_dsn(), autocommit=True) as conn:
             conn.execute(f"create database {TEMPLATE}")
-        with psycopg.connect(cluster.dsn(TEMPLATE), autocommit=True) as conn:
-            apply_shim(conn)
-            apply_migrations(conn)
+        with psycopg.connect(cluster.admin_dsn(TEMPLATE), autocommit=True) as conn:
+            apply_shim(conn)  # as the superuser; the migrations run as postgres, as on Supabase
+            conn.execute(f"alter database {TEMPLATE} owner to {PROJECT_USER}")
+            apply_migrations(conn, role=PROJECT_USER)
         yield cluster
 
 
 @pytest.fixture
 def database_url(postgres: PostgresCluster) -> Iterator[str]:
-    """A migrated database of this test's own, dropped afterwards."""
+    """A migrated database of this test's own, dropped afterwards; its URL connects as postgres,
+    which is not a superuser (as on Supabase)."""
     name = f"test_{next(_names)}"
-    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
-        conn.execute(f"create database {name} template {TEMPLATE}")
+    with psycopg.connect(postgres.admin_dsn(), autocommit=True) as conn:
+        conn.execute(f"create database {name} template {TEMPLATE} owner {PROJECT_USER}")
     yield postgres.dsn(name)
-    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+    with psycopg.connect(postgres.admin_dsn(), autocommit=True) as conn:
         conn.execute(f"drop database {name} with (force)")
 
 

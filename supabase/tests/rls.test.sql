@@ -1,12 +1,14 @@
 -- Row level security, exercised as the real roles with JWT claims set the way
--- PostgREST sets them. Runs under `supabase test db` and the project's test run.
+-- PostgREST sets them. Runs under `supabase test db` and the project's test run,
+-- on an empty database and on one that holds other users' rows: every check counts
+-- only what this file created, and everything is rolled back.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(35);
+select plan(37);
 
 insert into auth.users (id, email) values
-  ('aaaaaaaa-0000-0000-0000-000000000001', 'a@example.com'),
-  ('bbbbbbbb-0000-0000-0000-000000000002', 'b@example.com');
+  ('aaaaaaaa-0000-0000-0000-000000000001', 'pgtap-a-' || gen_random_uuid() || '@example.test'),
+  ('bbbbbbbb-0000-0000-0000-000000000002', 'pgtap-b-' || gen_random_uuid() || '@example.test');
 
 -- B already has a batch (created as the service role would).
 insert into public.image_batches (id, user_id, prompts)
@@ -50,6 +52,10 @@ select results_eq(
   $$select kind, payload ->> 'message' from public.image_job_events$$,
   $$values ('progress', 'Creating 3 image jobs...')$$,
   'A sees only their own events');
+select throws_ok($$select lease_owner, runpod_job_id, status_polls from public.image_jobs$$, '42501', null,
+                 'A cannot read the dispatcher''s bookkeeping on their jobs');
+select throws_ok($$select image_sha256, submissions from public.image_jobs$$, '42501', null,
+                 'nor the stored bytes'' hash or the submission count');
 select throws_ok(
   $$insert into public.image_batches (user_id, prompts)
     values ('bbbbbbbb-0000-0000-0000-000000000002', array['forged'])$$,
@@ -108,13 +114,16 @@ select results_eq(
   $$values ('queued'), ('cancelled'), ('queued')$$,
   'only the cancelled job changed');
 select is(
-  (select count(*)::int from public.image_job_events where kind = 'cancelled'), 1,
+  (select count(*)::int from public.image_job_events
+    where kind = 'cancelled' and batch_id = 'aaaaaaaa-1111-0000-0000-000000000000'), 1,
   'the cancellation is recorded once');
 
 -- service_role: everything ------------------------------------------------------
 set local role service_role;
 set local request.jwt.claims = '{"role": "service_role"}';
-select is((select count(*)::int from public.image_batches), 2, 'service_role reads every batch');
+select is((select count(*)::int from public.image_batches
+            where id in ('aaaaaaaa-1111-0000-0000-000000000000', 'bbbbbbbb-1111-0000-0000-000000000000')),
+          2, 'service_role reads every user''s batches');
 select lives_ok(
   $$update public.image_jobs set status = 'failed', error = 'out of memory', finished_at = now()
      where batch_id = 'bbbbbbbb-1111-0000-0000-000000000000'$$,

@@ -131,6 +131,27 @@ async def test_browsers_may_call_from_the_frontends_origin(start_api: ApiFactory
     assert other_origin.status_code == 400
 
 
+async def test_supabase_js_headers_pass_the_preflight_and_a_429s_retry_after_is_readable(
+    start_api: ApiFactory,
+) -> None:
+    preflight = {
+        "Origin": "https://historygen.app",
+        "Access-Control-Request-Method": "POST",
+        # what functions.invoke sends, with a region chosen
+        "Access-Control-Request-Headers": "authorization, apikey, x-client-info, content-type, x-region",
+    }
+    async with (
+        start_api(rate_limit_burst=1, rate_limit_per_minute=1) as api,
+        api.client(api.token()) as client,
+    ):
+        assert (await client.options(GENERATE, headers=preflight)).status_code == 200
+        origin = {"Origin": "https://historygen.app"}
+        await client.post(GENERATE, json={"prompts": ["a"], "wait": False}, headers=origin)
+        limited = await client.post(GENERATE, json={"prompts": ["a"], "wait": False}, headers=origin)
+    assert limited.status_code == 429
+    assert "retry-after" in limited.headers["access-control-expose-headers"].lower()
+
+
 async def _batches(database_url: str) -> int:
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         row = await (await conn.execute("select count(*) from image_batches")).fetchone()

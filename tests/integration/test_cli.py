@@ -28,14 +28,13 @@ def zimage(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 
 def test_migrate_with_shim_on_a_vanilla_database(postgres: PostgresCluster) -> None:
-    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+    with psycopg.connect(postgres.admin_dsn(), autocommit=True) as conn:
         conn.execute("drop database if exists cli_migrate with (force)")
         conn.execute("create database cli_migrate")
-    env = {"DATABASE_URL": postgres.dsn("cli_migrate")}
-    first = zimage("migrate", "--shim", env=env)
+    first = zimage("migrate", "--shim", env={"DATABASE_URL": postgres.admin_dsn("cli_migrate")})
     assert first.returncode == 0, first.stderr
     assert f"applied {len(migration_files())} migration(s)" in first.stdout
-    again = zimage("migrate", env=env)
+    again = zimage("migrate", env={"DATABASE_URL": postgres.dsn("cli_migrate")})
     assert again.returncode == 0, again.stderr
     assert "already up to date" in again.stdout
 
@@ -121,9 +120,9 @@ def _processes_under(directory: Path) -> list[str]:
 
 def test_a_stopped_cluster_leaves_no_server_behind() -> None:
     cluster = PostgresCluster().start()
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+    with psycopg.connect(cluster.admin_dsn(), autocommit=True) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
     cluster.stop()
     assert not cluster.root.exists()
     with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(cluster.dsn(), connect_timeout=2).close()
+        psycopg.connect(cluster.admin_dsn(), connect_timeout=2).close()

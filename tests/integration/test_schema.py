@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
 import subprocess
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from devstack import jobs as devstack_jobs
 from devstack.postgres import PostgresCluster
 from dispatcher.schema import SUPABASE_DIR, apply_migrations, apply_shim, migration_files
 
@@ -34,23 +37,30 @@ def test_migration_names_follow_supabase_cli() -> None:
 
 
 def test_migrations_apply_in_order_on_a_fresh_database(postgres: PostgresCluster) -> None:
-    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+    with psycopg.connect(postgres.admin_dsn(), autocommit=True) as conn:
         conn.execute("drop database if exists fresh with (force)")
         conn.execute("create database fresh")
-    with psycopg.connect(postgres.dsn("fresh"), autocommit=True) as conn:
+    with psycopg.connect(postgres.admin_dsn("fresh"), autocommit=True) as conn:
         apply_shim(conn)
         apply_shim(conn)  # idempotent: roles are cluster-wide
         versions = [path.name[:14] for path in migration_files()]
-        assert apply_migrations(conn) == versions
-        assert apply_migrations(conn) == []
+        assert apply_migrations(conn, role="postgres") == versions
+    with psycopg.connect(postgres.dsn("fresh"), autocommit=True) as conn:
+        assert apply_migrations(conn) == []  # as postgres itself, as supabase db push connects
         recorded = conn.execute(
             "select version from supabase_migrations.schema_migrations order by version"
         ).fetchall()
         assert [row[0] for row in recorded] == versions
 
 
+@pytest.mark.parametrize("populated", [False, True], ids=["empty", "with-other-users-data"])
 @pytest.mark.parametrize("path", PGTAP_FILES, ids=lambda path: path.name)
-def test_pgtap(path: Path, postgres: PostgresCluster, database_url: str) -> None:
+def test_pgtap(path: Path, populated: bool, postgres: PostgresCluster, database_url: str) -> None:
+    """Each suite, on an empty database and on one that already holds other users' batches,
+    jobs and events (as `supabase test db` meets a project in use)."""
+    if populated:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            populate_with_other_users_data(conn)
     pg_prove = shutil.which("pg_prove")
     assert pg_prove, "pg_prove not found: install Debian's postgresql-15-pgtap (see README)"
     result = subprocess.run(
@@ -137,7 +147,7 @@ def test_a_nul_byte_is_refused_before_it_reaches_the_database(db: psycopg.Connec
 
 
 def test_a_user_cancelling_does_not_deadlock_with_a_dispatcher_recording_a_submission(
-    database_url: str, db: psycopg.Connection
+    database_url: str, db: psycopg.Connection, postgres: PostgresCluster
 ) -> None:
     """The dispatcher holds the job row and then inserts an event of its batch (a foreign-key
     check on the batch row); the user's cancel holds the batch row and waits for the job row.
@@ -152,7 +162,9 @@ def test_a_user_cancelling_does_not_deadlock_with_a_dispatcher_recording_a_submi
     job = db.execute("select id from image_jobs").fetchone()
     assert job is not None
     job_id = job[0]
-    with psycopg.connect(database_url) as dispatcher, psycopg.connect(database_url) as frontend:
+    # deadlock_timeout is the superuser's to set: the dispatcher's side connects as it
+    dispatcher_url = postgres.admin_dsn(database_url.rsplit("/", 1)[1])
+    with psycopg.connect(dispatcher_url) as dispatcher, psycopg.connect(database_url) as frontend:
         dispatcher.execute("set deadlock_timeout = '50ms'")
         dispatcher.execute("update image_jobs set runpod_job_id = 'rp-1' where id = %s", (job_id,))
         with ThreadPoolExecutor(1) as pool:
@@ -195,3 +207,30 @@ def test_only_the_events_people_see_are_announced(database_url: str, db: psycopg
         )
         (note,) = listener.notifies(timeout=1.0, stop_after=1)
     assert json.loads(note.payload)["batch_id"] == str(batch_id)
+
+
+def populate_with_other_users_data(conn: psycopg.Connection) -> None:
+    """Three other users with batches in every state, an anon-key batch, a project and events."""
+    users = [str(uuid.uuid4()) for _ in range(3)]
+    for user in users:
+        conn.execute("insert into auth.users (id, email) values (%s, %s)", (user, f"{user}@example.test"))
+        conn.execute(
+            "insert into image_batches (user_id, prompts, seed, project_id, timings) values"
+            " (%s, array['one', 'two', 'three'], 7, %s,"
+            ' \'[{"index": 1, "startTime": 0, "endTime": 1},'
+            ' {"index": 2, "startTime": 1, "endTime": 2},'
+            ' {"index": 3, "startTime": 2, "endTime": 3}]\')',
+            (user, f"project-{user[:8]}"),
+        )
+    conn.execute("insert into image_batches (prompts) values (array['from the anon key'])")
+    jobs = [row[0] for row in conn.execute("select id from image_jobs order by id").fetchall()]
+    for job in jobs[:4]:
+        asyncio.run(_finish(conn.info.dsn, job))
+    for job in jobs[4:6]:
+        asyncio.run(_finish(conn.info.dsn, job, "out of memory"))
+    conn.execute("update image_jobs set status = 'cancelled', finished_at = now() where id = %s", (jobs[6],))
+
+
+async def _finish(dsn: str, job: uuid.UUID, error: str | None = None) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await devstack_jobs.finish_job(conn, job, error)
