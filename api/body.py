@@ -14,6 +14,7 @@ from typing import Any
 from starlette.requests import Request
 
 from api.errors import HttpError
+from dispatcher.bodies import read_body
 
 MAX_DEPTH = 16  # the deepest a valid body goes is 4: {prompts: [{index: ...}]}
 
@@ -33,17 +34,10 @@ async def json_object(request: Request, max_bytes: int) -> dict[str, Any]:
 
 
 async def _read(request: Request, max_bytes: int) -> bytes:
-    too_large = HttpError(413, f"the body is larger than {max_bytes} bytes")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+    body = await read_body(request, max_bytes)
+    if body is None:
+        raise HttpError(413, f"the body is larger than {max_bytes} bytes")
+    return body
 
 
 def _not_json(constant: str) -> None:

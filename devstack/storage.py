@@ -2,13 +2,27 @@
 
 Served under ``/storage/v1``: upload (POST, PUT; ``x-upsert``; multipart as storage3
 sends it, or a raw body), public and authenticated download, HEAD, info, list,
-delete, and bucket list/get/create. Writes need the service-role key. Objects
-are files under a local directory; bucket rules (public, size limit, content
-types) are enforced as Supabase enforces them.
+delete, copy, signed download URLs (``/object/sign``) and signed upload URLs
+(``/object/upload/sign``), and bucket list/get/create. Objects are files under a
+local directory; bucket rules (public, size limit, content types) are enforced as
+Supabase enforces them.
+
+Answered as the Storage API server answers (never more permissively): errors are HTTP
+400 with the real status, error and code in the body; JSON is ``application/json;
+charset=utf-8``; every answer says ``x-robots-tag: none``; etags are the content's MD5.
+
+Access is decided as ``storage.objects`` row level security decides it with the
+policies the migrations define, which are none: the service role may do everything;
+any other caller reads nothing through the authenticated routes (a download is "Object
+not found", a list is empty) and writes nothing. Public buckets' objects are read by
+anyone through ``/object/public``, whatever key comes along. A key whose signature does
+not verify is refused everywhere else.
 """
 
 from __future__ import annotations
 
+import hashlib
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +34,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from devstack.keys import LocalKeys
 
@@ -52,6 +67,19 @@ class StoredObject:
     size: int
     cache_control: str
     updated_at: str
+    etag: str = ""  # the content's MD5, quoted, as Storage's S3 backend reports it
+    version: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "eTag": self.etag,
+            "size": self.size,
+            "mimetype": self.content_type,
+            "cacheControl": f"max-age={self.cache_control}",
+            "lastModified": self.updated_at,
+            "contentLength": self.size,
+            "httpStatusCode": 200,
+        }
 
     def as_json(self, name: str) -> dict[str, Any]:
         return {
@@ -60,17 +88,59 @@ class StoredObject:
             "updated_at": self.updated_at,
             "created_at": self.updated_at,
             "last_accessed_at": self.updated_at,
-            "metadata": {
-                "size": self.size,
-                "mimetype": self.content_type,
-                "cacheControl": f"max-age={self.cache_control}",
-            },
+            "metadata": self.metadata(),
+        }
+
+    def row(self, bucket_id: str, name: str) -> dict[str, Any]:
+        """The storage.objects row, as copy answers it."""
+        return {
+            **self.as_json(name),
+            "bucket_id": bucket_id,
+            "owner": None,
+            "owner_id": None,
+            "version": self.version,
+            "user_metadata": None,
         }
 
 
-def storage_error(status: int, error: str, message: str) -> JSONResponse:
-    """Supabase Storage's error body, which storage3 parses into StorageApiError."""
-    return JSONResponse({"statusCode": str(status), "error": error, "message": message}, status_code=status)
+class StorageJSON(JSONResponse):
+    media_type = "application/json; charset=utf-8"
+
+
+def storage_error(status: int, error: str, message: str, code: str | None = None) -> JSONResponse:
+    """Supabase Storage's error: HTTP 400 with the real status in the body (storage3 reads it
+    into StorageApiError.status)."""
+    body = {"statusCode": str(status), "error": error, "message": message}
+    if code is not None:
+        body["code"] = code
+    return StorageJSON(body, status_code=400)
+
+
+def _not_found() -> JSONResponse:
+    return storage_error(404, "not_found", "Object not found", "NoSuchKey")
+
+
+def _bad_signed_url() -> JSONResponse:
+    return storage_error(400, "InvalidSignature", "invalid signature or expired URL", "InvalidSignature")
+
+
+def _refused_by_rls() -> JSONResponse:
+    return storage_error(403, "Unauthorized", "new row violates row-level security policy", "AccessDenied")
+
+
+class NoRobots:
+    """Storage answers every request with ``x-robots-tag: none``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-robots-tag", b"none"))
+            await send(message)
+
+        await self.app(scope, receive, tagged if scope["type"] == "http" else send)
 
 
 class LocalStorage:
@@ -87,11 +157,23 @@ class LocalStorage:
         return self.root / bucket / name
 
     def role(self, request: Request) -> str | None:
+        """The caller's verified role; None when there is no token or its signature fails."""
         token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         return self.keys.role_of(token) if token else None
 
+    def _caller(self, request: Request) -> str | Response:
+        """The verified role, or the answer Storage gives a missing or forged key."""
+        role = self.role(request)
+        if role is None:
+            return storage_error(403, "Unauthorized", "signature verification failed", "InvalidJWT")
+        return role
+
     def app(self) -> Starlette:
         routes = [
+            Route("/object/sign/{bucket}/{name:path}", self.sign, methods=["POST"]),
+            Route("/object/sign/{bucket}/{name:path}", self.download_signed, methods=["GET", "HEAD"]),
+            Route("/object/upload/sign/{bucket}/{name:path}", self.sign_upload, methods=["POST"]),
+            Route("/object/upload/sign/{bucket}/{name:path}", self.upload_signed, methods=["PUT"]),
             Route("/bucket", self.list_buckets, methods=["GET"]),
             Route("/bucket", self.create_bucket, methods=["POST"]),
             Route("/bucket/{bucket}", self.get_bucket, methods=["GET"]),
@@ -104,19 +186,19 @@ class LocalStorage:
             Route("/object/{bucket}/{name:path}", self.download, methods=["GET", "HEAD"]),
             Route("/object/{bucket}/{name:path}", self.remove_one, methods=["DELETE"]),
         ]
-        return Starlette(routes=[Mount("/storage/v1", routes=routes)])
+        return Starlette(routes=[Mount("/storage/v1", app=NoRobots(Starlette(routes=routes)))])
 
     # ---- buckets ---------------------------------------------------------------------
     async def list_buckets(self, request: Request) -> Response:
         if self.role(request) != "service_role":
             return storage_error(403, "Unauthorized", "listing buckets needs the service role key")
-        return JSONResponse([bucket.as_json() for bucket in self.buckets.values()])
+        return StorageJSON([bucket.as_json() for bucket in self.buckets.values()])
 
     async def get_bucket(self, request: Request) -> Response:
         bucket = self.buckets.get(request.path_params["bucket"])
         if bucket is None:
-            return storage_error(404, "not_found", "Bucket not found")
-        return JSONResponse(bucket.as_json())
+            return storage_error(404, "not_found", "Bucket not found", "NoSuchBucket")
+        return StorageJSON(bucket.as_json())
 
     async def create_bucket(self, request: Request) -> Response:
         if self.role(request) != "service_role":
@@ -135,7 +217,7 @@ class LocalStorage:
                 body.get("allowed_mime_types"),
             )
         )
-        return JSONResponse({"name": bucket_id})
+        return StorageJSON({"name": bucket_id})
 
     def add_bucket(self, bucket: Bucket) -> None:
         self.buckets[bucket.id] = bucket
@@ -145,39 +227,53 @@ class LocalStorage:
     def _target(self, request: Request) -> tuple[Bucket, str] | Response:
         bucket = self.buckets.get(request.path_params["bucket"])
         if bucket is None:
-            return storage_error(404, "not_found", "Bucket not found")
+            return storage_error(404, "not_found", "Bucket not found", "NoSuchBucket")
         name = request.path_params.get("name", "")
         parts = PurePosixPath(name).parts
         if not name or ".." in parts or name.startswith("/"):
-            return storage_error(400, "InvalidKey", f"Invalid key: {name}")
+            return storage_error(400, "InvalidKey", f"Invalid key: {name}", "InvalidKey")
         return bucket, name
 
     async def upload(self, request: Request) -> Response:
-        if self.role(request) != "service_role":
-            return storage_error(403, "Unauthorized", "new row violates row-level security policy")
+        caller = self._caller(request)
+        if isinstance(caller, Response):
+            return caller
+        if caller != "service_role":
+            return _refused_by_rls()
         target = self._target(request)
         if isinstance(target, Response):
             return target
-        bucket, name = target
-        content, content_type, cache_control = await self._read_upload(request)
         upsert = request.method == "PUT" or request.headers.get("x-upsert", "").lower() == "true"
+        return await self._store(request, *target, upsert)
+
+    async def _store(self, request: Request, bucket: Bucket, name: str, upsert: bool) -> Response:
+        content, content_type, cache_control = await self._read_upload(request)
         if (bucket.id, name) in self.objects and not upsert:
-            return storage_error(409, "Duplicate", "The resource already exists")
+            return storage_error(409, "Duplicate", "The resource already exists", "KeyAlreadyExists")
         if bucket.allowed_mime_types and content_type not in bucket.allowed_mime_types:
-            return storage_error(415, "invalid_mime_type", f"mime type {content_type} is not supported")
+            return storage_error(
+                415, "invalid_mime_type", f"mime type {content_type} is not supported", "InvalidMimeType"
+            )
         if bucket.file_size_limit is not None and len(content) > bucket.file_size_limit:
-            return storage_error(413, "Payload too large", "The object exceeded the maximum allowed size")
+            return storage_error(
+                413, "Payload too large", "The object exceeded the maximum allowed size", "EntityTooLarge"
+            )
         path = self.path_of(bucket.id, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
         partial.write_bytes(content)
         partial.replace(path)  # readers never see half a file
         stored = StoredObject(
-            str(uuid.uuid4()), content_type, len(content), cache_control, datetime.now(UTC).isoformat()
+            str(uuid.uuid4()),
+            content_type,
+            len(content),
+            cache_control,
+            datetime.now(UTC).isoformat(),
+            f'"{hashlib.md5(content).hexdigest()}"',
         )
         self.objects[(bucket.id, name)] = stored
         self.writes[(bucket.id, name)] += 1
-        return JSONResponse({"Key": f"{bucket.id}/{name}", "Id": stored.id})
+        return StorageJSON({"Key": f"{bucket.id}/{name}", "Id": stored.id})
 
     @staticmethod
     async def _read_upload(request: Request) -> tuple[bytes, str, str]:
@@ -192,8 +288,11 @@ class LocalStorage:
         return await request.body(), content_type.split(";")[0], request.headers.get("cache-control", "3600")
 
     async def copy(self, request: Request) -> Response:
-        if self.role(request) != "service_role":
-            return storage_error(403, "Unauthorized", "copying needs the service role key")
+        caller = self._caller(request)
+        if isinstance(caller, Response):
+            return caller
+        if caller != "service_role":
+            return _refused_by_rls()
         body = await request.json()
         bucket_id, source, destination = (
             body.get("bucketId"),
@@ -202,31 +301,107 @@ class LocalStorage:
         )
         stored = self.objects.get((bucket_id, source))
         if stored is None:
-            return storage_error(404, "not_found", "Object not found")
+            return _not_found()
         if not destination or ".." in PurePosixPath(destination).parts:
-            return storage_error(400, "InvalidKey", f"Invalid key: {destination}")
+            return storage_error(400, "InvalidKey", f"Invalid key: {destination}", "InvalidKey")
         target = self.path_of(bucket_id, destination)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(self.path_of(bucket_id, source).read_bytes())
-        self.objects[(bucket_id, destination)] = StoredObject(
+        copied = StoredObject(
             str(uuid.uuid4()),
             stored.content_type,
             stored.size,
             stored.cache_control,
             datetime.now(UTC).isoformat(),
+            stored.etag,
         )
-        return JSONResponse({"Key": f"{bucket_id}/{destination}"})
+        self.objects[(bucket_id, destination)] = copied
+        return StorageJSON(
+            {"Id": copied.id, "Key": f"{bucket_id}/{destination}", **copied.row(bucket_id, destination)}
+        )
 
     async def download_public(self, request: Request) -> Response:
         bucket = self.buckets.get(request.path_params["bucket"])
         if bucket is None or not bucket.public:
-            return storage_error(400, "not_found", "Bucket not found")
+            return storage_error(404, "not_found", "Bucket not found", "NoSuchBucket")
         return self._serve(request)
 
     async def download(self, request: Request) -> Response:
-        if self.role(request) is None:
-            return storage_error(400, "Unauthorized", "invalid or missing JWT")
+        caller = self._caller(request)
+        if isinstance(caller, Response):
+            return caller
+        if caller != "service_role":
+            return _not_found()  # RLS hides every object from the API roles: no select policy
         return self._serve(request)
+
+    # ---- signed URLs -----------------------------------------------------------------
+    async def sign(self, request: Request) -> Response:
+        """A download URL for one object, valid expiresIn seconds: for whoever may read it."""
+        caller = self._caller(request)
+        if isinstance(caller, Response):
+            return caller
+        target = self._target(request)
+        if isinstance(target, Response):
+            return target
+        bucket, name = target
+        if caller != "service_role" or (bucket.id, name) not in self.objects:
+            return _not_found()
+        body = await request.json()
+        try:
+            expires_in = int(body.get("expiresIn"))
+        except (TypeError, ValueError):
+            return storage_error(400, "invalid_request", "expiresIn: must be a number of seconds")
+        token = self._url_token(f"{bucket.id}/{name}", expires_in)
+        return StorageJSON({"signedURL": f"/object/sign/{bucket.id}/{name}?token={token}"})
+
+    async def download_signed(self, request: Request) -> Response:
+        target = self._target(request)
+        if isinstance(target, Response):
+            return target
+        bucket, name = target
+        if self._url_claims(request, f"{bucket.id}/{name}") is None:
+            return storage_error(
+                400, "InvalidSignature", "invalid signature or expired URL", "InvalidSignature"
+            )
+        return self._serve(request)
+
+    async def sign_upload(self, request: Request) -> Response:
+        """An upload URL for one key, valid two hours as Storage makes them: for the service role."""
+        caller = self._caller(request)
+        if isinstance(caller, Response):
+            return caller
+        if caller != "service_role":
+            return _refused_by_rls()
+        target = self._target(request)
+        if isinstance(target, Response):
+            return target
+        bucket, name = target
+        upsert = request.headers.get("x-upsert", "").lower() == "true"
+        if (bucket.id, name) in self.objects and not upsert:
+            return storage_error(409, "Duplicate", "The resource already exists", "KeyAlreadyExists")
+        token = self._url_token(f"{bucket.id}/{name}", 2 * 3600, upsert=upsert)
+        return StorageJSON({"url": f"/object/upload/sign/{bucket.id}/{name}?token={token}", "token": token})
+
+    async def upload_signed(self, request: Request) -> Response:
+        target = self._target(request)
+        if isinstance(target, Response):
+            return target
+        bucket, name = target
+        claims = self._url_claims(request, f"{bucket.id}/{name}")
+        if claims is None:
+            return storage_error(
+                400, "InvalidSignature", "invalid signature or expired URL", "InvalidSignature"
+            )
+        return await self._store(request, bucket, name, upsert=bool(claims.get("upsert")))
+
+    def _url_token(self, url: str, expires_in_s: int, **claims: object) -> str:
+        now = int(time.time())
+        return self.keys.sign({"url": url, "iat": now, "exp": now + expires_in_s, **claims})
+
+    def _url_claims(self, request: Request, url: str) -> dict[str, object] | None:
+        """The signed URL's claims if its token was made for this very object and has not expired."""
+        claims = self.keys.claims_of(request.query_params.get("token", ""))
+        return claims if claims is not None and claims.get("url") == url else None
 
     def _serve(self, request: Request) -> Response:
         target = self._target(request)
@@ -235,33 +410,43 @@ class LocalStorage:
         bucket, name = target
         stored = self.objects.get((bucket.id, name))
         if stored is None:
-            return storage_error(404, "not_found", "Object not found")
-        headers = {"cache-control": f"max-age={stored.cache_control}", "etag": f'"{stored.id}"'}
+            return _not_found()
+        headers = {"cache-control": f"max-age={stored.cache_control}", "etag": stored.etag}
         return FileResponse(self.path_of(bucket.id, name), media_type=stored.content_type, headers=headers)
 
     async def info(self, request: Request) -> Response:
+        caller = self._caller(request)
+        if isinstance(caller, Response):
+            return caller
         target = self._target(request)
         if isinstance(target, Response):
             return target
         bucket, name = target
         stored = self.objects.get((bucket.id, name))
-        if stored is None:
-            return storage_error(404, "not_found", "Object not found")
-        return JSONResponse(
+        if stored is None or caller != "service_role":
+            return _not_found()
+        return StorageJSON(
             {
                 **stored.as_json(name),
                 "bucket_id": bucket.id,
+                "version": stored.version,
                 "size": stored.size,
                 "content_type": stored.content_type,
+                "cache_control": f"max-age={stored.cache_control}",
+                "etag": stored.etag,
+                "last_modified": stored.updated_at,
             }
         )
 
     async def list_objects(self, request: Request) -> Response:
-        if self.role(request) is None:
-            return storage_error(400, "Unauthorized", "invalid or missing JWT")
+        caller = self._caller(request)
+        if isinstance(caller, Response):
+            return caller
         bucket = self.buckets.get(request.path_params["bucket"])
         if bucket is None:
-            return storage_error(404, "not_found", "Bucket not found")
+            return storage_error(404, "not_found", "Bucket not found", "NoSuchBucket")
+        if caller != "service_role":
+            return StorageJSON([])  # RLS: no select policy, so no rows
         body = await request.json()
         prefix = str(body.get("prefix") or "").strip("/")
         search = str(body.get("search") or "")
@@ -288,28 +473,28 @@ class LocalStorage:
             )
         ordered = [entries[key] for key in sorted(entries)]
         offset, limit = int(body.get("offset", 0)), int(body.get("limit", 100))
-        return JSONResponse(ordered[offset : offset + limit])
+        return StorageJSON(ordered[offset : offset + limit])
 
     async def remove_many(self, request: Request) -> Response:
         if self.role(request) != "service_role":
-            return storage_error(403, "Unauthorized", "deleting needs the service role key")
+            return _refused_by_rls()
         bucket = self.buckets.get(request.path_params["bucket"])
         if bucket is None:
-            return storage_error(404, "not_found", "Bucket not found")
+            return storage_error(404, "not_found", "Bucket not found", "NoSuchBucket")
         body = await request.json()
         removed = [self._remove(bucket.id, str(name)) for name in body.get("prefixes", [])]
-        return JSONResponse([entry for entry in removed if entry is not None])
+        return StorageJSON([entry for entry in removed if entry is not None])
 
     async def remove_one(self, request: Request) -> Response:
         if self.role(request) != "service_role":
-            return storage_error(403, "Unauthorized", "deleting needs the service role key")
+            return _refused_by_rls()
         target = self._target(request)
         if isinstance(target, Response):
             return target
         bucket, name = target
         if self._remove(bucket.id, name) is None:
-            return storage_error(404, "not_found", "Object not found")
-        return JSONResponse({"message": "Successfully deleted"})
+            return _not_found()
+        return StorageJSON({"message": "Successfully deleted"})
 
     def _remove(self, bucket_id: str, name: str) -> dict[str, Any] | None:
         stored = self.objects.pop((bucket_id, name), None)

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dispatcher.bodies import read_body
 from dispatcher.core import Dispatcher
 from dispatcher.metrics import WEBHOOKS_REFUSED
 from dispatcher.webhook import token_is_valid
@@ -75,7 +76,7 @@ def webhook_route(dispatcher: Dispatcher, pool: AsyncConnectionPool) -> Route:
             return refuse(404, "not a webhook URL")
         if not token_is_valid(secret, job_id, submission, request.query_params.get("token", "")):
             return refuse(401, "invalid webhook token", job_id=str(job_id))
-        body = await _body(request)
+        body = await read_body(request, MAX_WEBHOOK_BODY_BYTES)
         if body is None:
             return refuse(413, "body too large", job_id=str(job_id))
         try:
@@ -95,14 +96,3 @@ def webhook_route(dispatcher: Dispatcher, pool: AsyncConnectionPool) -> Route:
         return JSONResponse({"received": True})
 
     return Route("/runpod/webhook/{job_id}/{submission}", runpod_webhook, methods=["POST"])
-
-
-async def _body(request: Request) -> bytes | None:
-    """The body, or None past MAX_WEBHOOK_BODY_BYTES (read no further than that)."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_WEBHOOK_BODY_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -7,16 +7,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 import runpod
+from starlette.applications import Starlette
 
 from devstack.keys import LocalKeys
+from devstack.realtime import RealtimeStandIn
 from devstack.runpod_api import build_runpod_app
 from devstack.runpod_platform import Platform
 from devstack.servers import LoopbackServer
 from devstack.storage import Bucket, LocalStorage
 from devstack.synthetic import ExecutionTime, SyntheticWorkers
 
+REALTIME_USER_A = "aaaaaaaa-0000-4000-8000-00000000000a"
+REALTIME_USER_B = "bbbbbbbb-0000-4000-8000-00000000000b"
 API_KEY = "rpa_test_key"
 WORKER_KEY = "rpw_test_key"
 ENDPOINT = "ep-test"
@@ -78,4 +83,19 @@ async def storage_standin(tmp_path: Path) -> AsyncIterator[StorageStandIn]:
     server = LoopbackServer(storage.app(), "storage")
     await server.start()
     yield StorageStandIn(storage, server, keys)
+    await server.stop()
+
+
+@pytest.fixture
+async def realtime(database_url: str) -> AsyncIterator[tuple[str, LocalKeys]]:
+    """The Realtime stand-in over this test's database, with two users: (its /realtime/v1 URL, keys)."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        for user in (REALTIME_USER_A, REALTIME_USER_B):
+            await conn.execute("insert into auth.users (id) values (%s)", (user,))
+    keys = LocalKeys()
+    standin = RealtimeStandIn(keys)
+    await standin.start(database_url)
+    server = await LoopbackServer(Starlette(routes=standin.routes()), "realtime", websockets=True).start()
+    yield f"{server.url}/realtime/v1", keys
+    await standin.stop()
     await server.stop()

@@ -4,35 +4,16 @@ postgres_changes in Supabase's shape, RLS for user tokens, and errors on a bad j
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-import psycopg
 import pytest
 from realtime import AsyncRealtimeClient, RealtimePostgresChangesListenEvent, RealtimeSubscribeStates
-from starlette.applications import Starlette
 
 from devstack.frontend import insert_batch_as_user
 from devstack.keys import LocalKeys
-from devstack.realtime import RealtimeStandIn
-from devstack.servers import LoopbackServer
+from tests.devstack.conftest import REALTIME_USER_A, REALTIME_USER_B
 
-USER_A = "aaaaaaaa-0000-4000-8000-00000000000a"
-USER_B = "bbbbbbbb-0000-4000-8000-00000000000b"
-
-
-@pytest.fixture
-async def realtime(database_url: str) -> AsyncIterator[tuple[str, LocalKeys]]:
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        for user in (USER_A, USER_B):
-            await conn.execute("insert into auth.users (id) values (%s)", (user,))
-    keys = LocalKeys()
-    standin = RealtimeStandIn(keys)
-    await standin.start(database_url)
-    server = await LoopbackServer(Starlette(routes=standin.routes()), "realtime", websockets=True).start()
-    yield f"{server.url}/realtime/v1", keys
-    await standin.stop()
-    await server.stop()
+USER_A, USER_B = REALTIME_USER_A, REALTIME_USER_B
 
 
 async def subscribe(

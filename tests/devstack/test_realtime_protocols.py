@@ -7,44 +7,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import psycopg
 import pytest
 import websockets
-from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection, connect
 
 from devstack.frontend import insert_batch_as_user
 from devstack.keys import LocalKeys
-from devstack.realtime import RealtimeStandIn
-from devstack.servers import LoopbackServer
+from tests.devstack.conftest import REALTIME_USER_A, REALTIME_USER_B
 
-USER_A = "aaaaaaaa-0000-4000-8000-00000000000a"
-USER_B = "bbbbbbbb-0000-4000-8000-00000000000b"
+USER_A, USER_B = REALTIME_USER_A, REALTIME_USER_B
 
 
-@pytest.fixture
-async def realtime(database_url: str) -> AsyncIterator[tuple[str, LocalKeys]]:
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        for user in (USER_A, USER_B):
-            await conn.execute("insert into auth.users (id) values (%s)", (user,))
-    keys = LocalKeys()
-    standin = RealtimeStandIn(keys)
-    await standin.start(database_url)
-    server = await LoopbackServer(Starlette(routes=standin.routes()), "realtime", websockets=True).start()
-    yield server.url.replace("http://", "ws://") + "/realtime/v1/websocket", keys
-    await standin.stop()
-    await server.stop()
+def websocket_url(realtime_url: str) -> str:
+    return realtime_url.replace("http://", "ws://") + "/websocket"
 
 
 async def join_v2(
     url: str, keys: LocalKeys, table: str, token: str | None = None, event: str = "*"
 ) -> ClientConnection:
     """Join as realtime-js 2.x does: vsn=2.0.0, [join_ref, ref, topic, event, payload] frames."""
-    socket = await connect(f"{url}?apikey={keys.anon_key}&vsn=2.0.0")
+    socket = await connect(f"{websocket_url(url)}?apikey={keys.anon_key}&vsn=2.0.0")
     config = {"postgres_changes": [{"event": event, "schema": "public", "table": table}], "private": False}
     payload: dict[str, Any] = {"config": config}
     if token:
@@ -93,7 +79,7 @@ async def test_an_unknown_serializer_is_refused_with_a_reason(
     realtime: tuple[str, LocalKeys], vsn: str
 ) -> None:
     url, keys = realtime
-    async with connect(f"{url}?apikey={keys.anon_key}&vsn={vsn}") as socket:
+    async with connect(f"{websocket_url(url)}?apikey={keys.anon_key}&vsn={vsn}") as socket:
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await socket.recv()
     assert closed.value.rcvd is not None
