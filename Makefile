@@ -4,6 +4,9 @@ BIN := $(VENV)/bin
 # torch first, pinned: here it takes the local CPU build; on a laptop or a GPU box, PyPI's.
 TORCH ?= torch==2.13.0
 
+# The official supabase-js, pinned by its lockfile, for the frontend conformance test.
+JS_DEPS := tests/js/node_modules/.package-lock.json
+
 .PHONY: demo test lint install clean
 
 $(BIN)/.installed: pyproject.toml
@@ -12,6 +15,9 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[dispatcher,worker,dev]'
 	touch $@
+
+$(JS_DEPS): tests/js/package.json tests/js/package-lock.json
+	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 
 install: $(BIN)/.installed
 
@@ -24,8 +30,8 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile.worker Dockerfile.dispatcher
 
-test: lint
+test: lint $(JS_DEPS)
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/js/node_modules
