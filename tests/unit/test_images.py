@@ -40,6 +40,20 @@ def test_sound_pngs_pass() -> None:
     verify_png(pillow_png(64, 64, optimize=True), 64, 64)
 
 
+def test_a_palette_png_is_decoded_by_pillow_and_refused_when_its_data_is_short() -> None:
+    buffer = io.BytesIO()
+    Image.new("P", (64, 48), 3).save(buffer, format="PNG")
+    verify_png(buffer.getvalue(), 64, 48)
+    header = struct.pack(">IIBBBBB", 64, 48, 8, 3, 0, 0, 0)
+    palette = chunk(b"PLTE", bytes(range(48)))
+    short = zlib.compress(b"\x00" * 65 * 10)  # 10 of 48 rows
+    png = (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + palette + chunk(b"IDAT", short) + chunk(b"IEND", b"")
+    )
+    with pytest.raises(BadResult, match="does not decode"):
+        verify_png(png, 64, 48)
+
+
 def test_an_interlaced_png_passes() -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48), (1, 2, 3)).save(buffer, format="PNG")
@@ -82,6 +96,8 @@ def _adam7(width: int, height: int) -> list[tuple[int, int]]:
         (BOMB, "inflates past"),
         (png_of(1024, 576, zlib.compress(b"\x00" * 100)), "does not decode"),
         (png_of(1024, 576, b"not zlib at all"), "does not inflate"),
+        (png_of(1024, 576, zlib.compress((b"\x07" + b"\x00" * 3072) * 576)), "unknown filter type"),
+        (png_of(1024, 576, zlib.compress((b"\x00" + b"\x00" * 3072) * 576)[:-30]), "cut short"),
         (solid_png(576, 1024), "576x1024, 1024x576 was asked for"),
         (pillow_png(1024, 576)[:30] + b"\xff" + pillow_png(1024, 576)[31:], "CRC"),
         (b"GIF89a" + b"\x00" * 64, "no PNG signature"),
@@ -93,6 +109,8 @@ def _adam7(width: int, height: int) -> list[tuple[int, int]]:
         "bomb",
         "short-data",
         "bad-zlib",
+        "bad-filter",
+        "zlib-cut-short",
         "wrong-size",
         "crc",
         "gif",
