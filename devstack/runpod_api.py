@@ -43,7 +43,8 @@ def build_runpod_app(
 
     def public(handler: Any) -> Any:
         async def guarded(request: Request) -> Response:
-            if request.headers.get("authorization") != f"Bearer {platform.api_key}":
+            key = platform.endpoint_api_keys.get(str(request.path_params["endpoint_id"]), platform.api_key)
+            if request.headers.get("authorization") != f"Bearer {key}":
                 return error(401, "Unauthorized: missing or invalid API key")
             if endpoint(request) is None:
                 return error(404, "endpoint not found")

@@ -179,6 +179,7 @@ class Platform:
         self.webhook_retry_delay_s = webhook_retry_delay_s
         self.faults = faults or Faults()
         self.api_key: str | None = None  # set by the API that serves it; a test may rotate it
+        self.endpoint_api_keys: dict[str, str] = {}  # one endpoint's own key (a key rotated on one)
         self.endpoint_faults: dict[str, Faults] = {}  # overrides for one endpoint (failover tests)
         self.counters = Counters()
         self.rate_limiter = RateLimiter()

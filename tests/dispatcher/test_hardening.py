@@ -24,6 +24,7 @@ from devstack.synthetic import _colour
 from dispatcher.webhook import webhook_url
 from tests.dispatcher.conftest import (
     API_KEY,
+    ENDPOINTS,
     USER_A,
     USER_B,
     Cloud,
@@ -314,3 +315,23 @@ async def anon_jobs(conn: psycopg.AsyncConnection[Any], condition: str) -> int:
     ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+async def test_with_a_second_endpoint_the_one_refusing_the_key_is_skipped_and_nothing_waits(
+    database_url: str, cloud: Cloud, dispatcher: DispatcherFactory
+) -> None:
+    cloud.platform.endpoint_api_keys[ENDPOINTS[0]] = "rotated-on-the-primary-only"
+    cloud.add_workers(count=2, endpoint=ENDPOINTS[1])
+    port = free_port()
+    async with dispatcher(runpod_endpoint_id=",".join(ENDPOINTS), endpoint_probe_seconds=0.2) as service:
+        server = await LoopbackServer(service.app(), "dispatcher", port=port).start()
+        batch = await insert_batch(database_url, [f"failover {n}" for n in range(4)])
+        await wait_for_batch(database_url, batch)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            health = await http.get("/healthz")
+        await server.stop()
+    jobs = await jobs_of(database_url, batch)
+    assert [(job["status"], job["attempts"]) for job in jobs] == [("succeeded", 1)] * 4
+    assert {job["runpod_endpoint_id"] for job in jobs} == {ENDPOINTS[1]}
+    assert health.status_code == 200, "one endpoint still takes the key: the service is up"
+    assert health.json()["runpod_endpoints_refusing_key"] == [ENDPOINTS[0]]
