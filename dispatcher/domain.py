@@ -178,7 +178,6 @@ class ReusableImage:
     """A succeeded job whose stored bytes an identical seeded request may copy."""
 
     id: UUID
-    image_url: str
     storage_path: str
     image_sha256: str
     width: int

@@ -61,7 +61,7 @@ with due as (
 select c.id, c.batch_id, c.user_id, c.position, c.prompt, c.quality, c.aspect_ratio, c.seed,
        c.attempts, c.max_attempts, c.width, c.height, c.steps, c.runpod_job_id, c.runpod_endpoint_id,
        c.submitted_at, c.created_at, c.previous_status, c.storage_path, c.submissions
-  from claimed c join public.image_batches b on b.id = c.batch_id;
+  from claimed c;
 
 -- name: mark_submitted
 -- Many jobs at once (the store coalesces calls made at the same moment). Like
@@ -179,7 +179,7 @@ select status from public.image_jobs where id = %(id)s;
 -- name: find_reusable
 -- Only jobs whose stored bytes have a recorded hash: the copy is checked against it,
 -- since a project's key can be written again by its owner's later batches.
-select id, image_url, storage_path, image_sha256, width, height, steps
+select id, storage_path, image_sha256, width, height, steps
   from public.image_jobs
  where md5(prompt) = md5(%(prompt)s) and prompt = %(prompt)s and quality = %(quality)s
    and aspect_ratio = %(aspect_ratio)s and seed = %(seed)s and status = 'succeeded'
