@@ -15,12 +15,12 @@ from psycopg.types.json import Jsonb
 
 from api.auth import Caller
 from api.errors import HttpError
+from worker.request import MAX_SEED
 
 # The database names its columns; the frontend's body names them in camelCase.
 _BODY_NAMES = {"aspect_ratio": "aspectRatio", "project_id": "projectId"}
 _FIELD = re.compile(r"^(\w+)")
 _TIMING = re.compile(r"^timings\b")  # the body has no timings: they come with its prompts
-MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)

@@ -56,20 +56,23 @@ class ApiSettings(DatabaseSettings):
     @field_validator("cors_allowed_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [origin.strip() for origin in value.split(",") if origin.strip()]
-        return value
+        return _comma_list(value) if isinstance(value, str) else value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _split_networks(cls, value: object) -> object:
         if isinstance(value, str):
-            return [ip_network(item.strip(), strict=False) for item in value.split(",") if item.strip()]
+            return [ip_network(item, strict=False) for item in _comma_list(value)]
         return value
 
     @property
     def jwks_url(self) -> str:
         return self.supabase_jwks_url or f"{self.supabase_url.rstrip('/')}/auth/v1/.well-known/jwks.json"
+
+
+def _comma_list(value: str) -> list[str]:
+    """An environment variable's "a, b" as ["a", "b"]."""
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def load_api_settings() -> ApiSettings:

@@ -1,9 +1,9 @@
 """What "blank" means, once for the whole pipeline.
 
 A prompt is trimmed of these characters at both ends before its length is
-counted, and refused if nothing is left. The database (``public.strip_blank``)
-and the HTTP functions use the same set; a test checks that all three agree on
-every character.
+counted, and refused if nothing is left. The database (``public.strip_blank``,
+which the HTTP functions leave the rule to) uses the same set; a test checks that
+it and this module agree on every character.
 """
 
 from __future__ import annotations
