@@ -328,8 +328,8 @@ class Dispatcher:
         numbers = await self.store.resubmit(run.job.id, reason)
         if numbers is None:
             raise LostJob
-        (run.attempt, run.submission), run.runpod_job_id, run.endpoint_id = numbers, None, None
-        run.webhook_state = None
+        run.attempt, run.submission = numbers
+        run.runpod_job_id = run.endpoint_id = run.webhook_state = None
         run.maybe_submitted = False
         RESUBMISSIONS.labels(reason=reason).inc()
         job_log.warning("job.resubmitted", attempt=run.attempt, submission=run.submission, reason=reason)
@@ -390,8 +390,8 @@ class Dispatcher:
             return
         if state.status != "COMPLETED":
             raise RunPodUnavailable(f"RunPod ended the job {state.status}")
-        # Decoding every pixel takes milliseconds of CPU: off the event loop.
-        png = await asyncio.to_thread(decode_png, state.output, job.width, job.height)
+        # Checking every pixel and hashing take milliseconds of CPU: off the event loop.
+        png, digest = await asyncio.to_thread(_checked_png, state.output, job.width, job.height)
         path = job.storage_path
         url = await self.storage.upload_png(path, png)
         output = state.output
@@ -403,7 +403,7 @@ class Dispatcher:
         stored = await self.store.succeed(
             job,
             image_url=url,
-            image_sha256=hashlib.sha256(png).hexdigest(),
+            image_sha256=digest,
             width=job.width,
             height=job.height,
             steps=_reported(output, "steps") or job.steps,
@@ -480,6 +480,12 @@ class Dispatcher:
             return
         with contextlib.suppress(RunPodError):
             await self.runpod.cancel(run.endpoint_id, run.runpod_job_id)
+
+
+def _checked_png(output: Any, width: int, height: int) -> tuple[bytes, str]:
+    """The worker's PNG, checked whole, and its SHA-256."""
+    png = decode_png(output, width, height)
+    return png, hashlib.sha256(png).hexdigest()
 
 
 def _reported(output: dict[str, Any], name: str) -> int | None:

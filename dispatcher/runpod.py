@@ -179,7 +179,6 @@ class EndpointPool:
         self.failures_to_trip = failures_to_trip
         self._failures = dict.fromkeys(endpoint_ids, 0)
         self._cooling_until = dict.fromkeys(endpoint_ids, 0.0)
-
         self.unauthorized: set[str] = set()
 
     def pick(self) -> str:
