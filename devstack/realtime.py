@@ -118,10 +118,15 @@ class Binding:
     table: str
     filter: str | None
 
+    def listens_to(self, change: dict[str, Any]) -> bool:
+        """Its table and event, whatever its filter."""
+        return (self.schema, self.table) == (change["schema"], change["table"]) and self.event in (
+            "*",
+            change["type"],
+        )
+
     def matches(self, change: dict[str, Any], row: dict[str, Any] | None) -> bool:
-        if (self.schema, self.table) != (change["schema"], change["table"]):
-            return False
-        if self.event not in ("*", change["type"]):
+        if not self.listens_to(change):
             return False
         if self.filter is None:
             return True
@@ -350,13 +355,16 @@ class RealtimeStandIn:
         table = (change["schema_name"], change["table_name"])
         if change["committed_at"] is None or change["committed_at"] < subscriber.joined_at:
             return None  # committed before it joined
+        named = {"schema": table[0], "table": table[1], "type": change["type"]}
+        listening = [b for b in subscriber.bindings if b.listens_to(named)]
+        if not listening:  # before any query: most subscribers watch other tables
+            return None
         record, old = change["record"], change["old_record"]
         if change["type"] != "DELETE" and not await self._visible(conn, subscriber, table, record):
             return None
         readable = await self._columns_readable(conn, subscriber.role, table)
         shown = {k: v for k, v in (record or {}).items() if k in readable}
-        named = {"schema": table[0], "table": table[1], "type": change["type"]}
-        ids = [b.id for b in subscriber.bindings if b.matches(named, shown if record else None)]
+        ids = [b.id for b in listening if b.matches(named, shown if record else None)]
         if not ids:
             return None
         if old is not None and not self._replica_full[table]:
