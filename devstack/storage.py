@@ -120,6 +120,10 @@ def _not_found() -> JSONResponse:
     return storage_error(404, "not_found", "Object not found", "NoSuchKey")
 
 
+def _duplicate() -> JSONResponse:
+    return storage_error(409, "Duplicate", "The resource already exists", "KeyAlreadyExists")
+
+
 def _bad_signed_url() -> JSONResponse:
     return storage_error(400, "InvalidSignature", "invalid signature or expired URL", "InvalidSignature")
 
@@ -234,13 +238,18 @@ class LocalStorage:
             return storage_error(400, "InvalidKey", f"Invalid key: {name}", "InvalidKey")
         return bucket, name
 
-    async def upload(self, request: Request) -> Response:
+    def _write_target(self, request: Request) -> tuple[Bucket, str] | Response:
+        """The object a write names, if the caller may write it: only the service role may
+        (no storage.objects policy grants a write)."""
         caller = self._caller(request)
         if isinstance(caller, Response):
             return caller
         if caller != "service_role":
             return _refused_by_rls()
-        target = self._target(request)
+        return self._target(request)
+
+    async def upload(self, request: Request) -> Response:
+        target = self._write_target(request)
         if isinstance(target, Response):
             return target
         upsert = request.method == "PUT" or request.headers.get("x-upsert", "").lower() == "true"
@@ -249,7 +258,7 @@ class LocalStorage:
     async def _store(self, request: Request, bucket: Bucket, name: str, upsert: bool) -> Response:
         content, content_type, cache_control = await self._read_upload(request)
         if (bucket.id, name) in self.objects and not upsert:
-            return storage_error(409, "Duplicate", "The resource already exists", "KeyAlreadyExists")
+            return _duplicate()
         if bucket.allowed_mime_types and content_type not in bucket.allowed_mime_types:
             return storage_error(
                 415, "invalid_mime_type", f"mime type {content_type} is not supported", "InvalidMimeType"
@@ -360,25 +369,18 @@ class LocalStorage:
             return target
         bucket, name = target
         if self._url_claims(request, f"{bucket.id}/{name}") is None:
-            return storage_error(
-                400, "InvalidSignature", "invalid signature or expired URL", "InvalidSignature"
-            )
+            return _bad_signed_url()
         return self._serve(request)
 
     async def sign_upload(self, request: Request) -> Response:
         """An upload URL for one key, valid two hours as Storage makes them: for the service role."""
-        caller = self._caller(request)
-        if isinstance(caller, Response):
-            return caller
-        if caller != "service_role":
-            return _refused_by_rls()
-        target = self._target(request)
+        target = self._write_target(request)
         if isinstance(target, Response):
             return target
         bucket, name = target
         upsert = request.headers.get("x-upsert", "").lower() == "true"
         if (bucket.id, name) in self.objects and not upsert:
-            return storage_error(409, "Duplicate", "The resource already exists", "KeyAlreadyExists")
+            return _duplicate()
         token = self._url_token(f"{bucket.id}/{name}", 2 * 3600, upsert=upsert)
         return StorageJSON({"url": f"/object/upload/sign/{bucket.id}/{name}?token={token}", "token": token})
 
@@ -389,9 +391,7 @@ class LocalStorage:
         bucket, name = target
         claims = self._url_claims(request, f"{bucket.id}/{name}")
         if claims is None:
-            return storage_error(
-                400, "InvalidSignature", "invalid signature or expired URL", "InvalidSignature"
-            )
+            return _bad_signed_url()
         return await self._store(request, bucket, name, upsert=bool(claims.get("upsert")))
 
     def _url_token(self, url: str, expires_in_s: int, **claims: object) -> str:
