@@ -28,8 +28,8 @@ from api.errors import HttpError
 from api.functions import function_routes
 from api.ratelimit import RateLimiter
 from api.settings import ApiSettings
-from dispatcher.app import metrics
-from dispatcher.store import connection_pool
+from kernel.db import connection_pool
+from kernel.metrics import metrics
 
 log = structlog.get_logger("api")
 

@@ -3,7 +3,6 @@ as its caller (so RLS applies), and a batch's snapshot with queue positions."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from psycopg.types.json import Jsonb
 
 from api.auth import Caller
 from api.errors import HttpError
+from kernel.db import act_as_user
 from worker.request import MAX_SEED
 
 # The database names its columns; the frontend's body names them in camelCase.
@@ -86,13 +86,6 @@ def _optional_seed(body: dict[str, Any]) -> int | None:
     if value is not None and not 0 <= value <= MAX_SEED:
         raise HttpError(400, f"seed: must be between 0 and {MAX_SEED}")
     return value
-
-
-async def act_as_user(conn: psycopg.AsyncConnection[Any], user_id: UUID | str) -> None:
-    """Make this transaction the authenticated user, as PostgREST does per request: RLS applies."""
-    await conn.execute("set local role authenticated")
-    claims = json.dumps({"sub": str(user_id), "role": "authenticated", "aud": "authenticated"})
-    await conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
 
 
 async def insert_batch(conn: psycopg.AsyncConnection[Any], caller: Caller, batch: BatchRequest) -> UUID:

@@ -14,7 +14,7 @@ from typing import Any
 from starlette.requests import Request
 
 from api.errors import HttpError
-from dispatcher.bodies import read_body
+from kernel.bodies import read_body
 
 MAX_DEPTH = 16  # the deepest a valid body goes is 4: {prompts: [{index: ...}]}
 

@@ -25,8 +25,8 @@ import structlog
 from psycopg.rows import dict_row
 
 from api.auth import Caller
-from dispatcher.logs import first_line
-from dispatcher.wakeup import PostgresListener
+from kernel.listen import PostgresListener
+from kernel.logs import first_line
 
 log = structlog.get_logger("api.broker")
 

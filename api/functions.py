@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from api.context import FunctionContext
 from api.errors import HttpError
-from dispatcher.schema import SUPABASE_DIR
+from kernel.schema import SUPABASE_DIR
 
 FUNCTIONS_DIR = SUPABASE_DIR / "functions-py"
 

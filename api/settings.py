@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from dispatcher.settings import DatabaseSettings
+from kernel.settings import DatabaseSettings
 
 
 class ApiSettings(DatabaseSettings):

@@ -28,8 +28,8 @@ from devstack.runpod_platform import Platform
 from devstack.servers import LoopbackServer
 from devstack.storage import Bucket, LocalStorage
 from devstack.synthetic import ExecutionTime, SyntheticWorkers
-from dispatcher.schema import apply_migrations, apply_shim
 from dispatcher.settings import DispatcherSettings
+from kernel.schema import apply_migrations, apply_shim
 
 API_KEY = "rpa_bench"
 ENDPOINT = "bench-endpoint"
@@ -140,7 +140,7 @@ async def dispatcher_process(
     log = Path(tempfile.mkdtemp(prefix="zimage-bench-")) / "dispatcher.log"  # kept only if it failed
     with log.open("wb") as output:
         process = subprocess.Popen(  # noqa: ASYNC220 (started once, before the measurement)
-            [sys.executable, "-m", "dispatcher.cli", command, "--port", str(port)],
+            [sys.executable, "-m", "zimage.cli", command, "--port", str(port)],
             env={**os.environ, **environment},
             stdout=output,
             stderr=subprocess.STDOUT,

@@ -8,7 +8,7 @@ from uuid import UUID
 
 import psycopg
 
-from api.batches import act_as_user
+from kernel.db import act_as_user
 
 
 async def insert_batch_as_user(database_url: str, user_id: str, prompts: list[str], **columns: Any) -> UUID:

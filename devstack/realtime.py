@@ -37,9 +37,9 @@ from psycopg.rows import dict_row
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from api.batches import act_as_user
 from devstack.keys import LocalKeys
-from dispatcher.wakeup import PostgresListener
+from kernel.db import act_as_user
+from kernel.listen import PostgresListener
 
 log = structlog.get_logger("devstack.realtime")
 

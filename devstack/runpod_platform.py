@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import httpx
 import structlog
 
-from dispatcher.http import http_client
+from kernel.http import http_client
 
 log = structlog.get_logger("devstack.runpod")
 

@@ -9,7 +9,7 @@ import logging
 import uvicorn
 from starlette.types import ASGIApp
 
-from dispatcher.serving import EmbeddedServer
+from kernel.serving import EmbeddedServer
 
 
 class LoopbackServer:

@@ -32,7 +32,7 @@ from devstack.servers import LoopbackServer
 from devstack.storage import Bucket, LocalStorage
 from devstack.synthetic import ExecutionTime, SyntheticWorkers
 from devstack.workers import WorkerProcesses
-from dispatcher.schema import SUPABASE_DIR, apply_migrations, apply_shim
+from kernel.schema import SUPABASE_DIR, apply_migrations, apply_shim
 
 log = structlog.get_logger("devstack")
 

@@ -8,16 +8,16 @@ from collections.abc import Mapping
 from uuid import UUID
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dispatcher.bodies import read_body
 from dispatcher.core import Dispatcher
 from dispatcher.metrics import WEBHOOKS_REFUSED
 from dispatcher.webhook import token_is_valid
+from kernel.bodies import read_body
+from kernel.metrics import metrics
 
 log = structlog.get_logger("dispatcher.webhook")
 # A result carries the image base64 (RunPod caps results near 10 MiB, its webhook body
@@ -37,11 +37,6 @@ def dispatcher_routes(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-
-
-async def metrics(_: Request) -> Response:
-    """Prometheus' text format: every metric of the process (the app's and the dispatcher's)."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 def dispatcher_health(dispatcher: Dispatcher, wakeups: Mapping[str, asyncio.Event]) -> dict[str, object]:

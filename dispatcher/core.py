@@ -39,7 +39,6 @@ from dispatcher.domain import (
     WorkerFailure,
 )
 from dispatcher.images import decode_png
-from dispatcher.logs import first_line
 from dispatcher.metrics import (
     COMPLETION_TO_STORED,
     INSERT_TO_SUBMIT,
@@ -54,6 +53,7 @@ from dispatcher.settings import DispatcherSettings
 from dispatcher.storage import SupabaseStorage
 from dispatcher.store import PostgresJobStore
 from dispatcher.webhook import webhook_url
+from kernel.logs import first_line
 
 log = structlog.get_logger("dispatcher")
 

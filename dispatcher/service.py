@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
 import structlog
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
-from starlette.types import ASGIApp
 
 from dispatcher.app import dispatcher_routes
 from dispatcher.core import Dispatcher
-from dispatcher.http import http_client
 from dispatcher.runpod import RetryPolicy, RunPodClient
 from dispatcher.settings import DispatcherSettings
 from dispatcher.storage import SupabaseStorage
-from dispatcher.store import PostgresJobStore, connection_pool
-from dispatcher.wakeup import PostgresListener, RealtimeListener
+from dispatcher.store import PostgresJobStore
+from dispatcher.wakeup import RealtimeListener
+from kernel.db import connection_pool
+from kernel.http import http_client
+from kernel.listen import PostgresListener
 
 log = structlog.get_logger("dispatcher.service")
 
@@ -99,44 +99,3 @@ async def running_service(
         await http.aclose()
         await storage_http.aclose()
         await pool.close()
-
-
-async def serve_until_signal(
-    app: ASGIApp, host: str, port: int, before_stop: Callable[[], None] | None = None
-) -> None:
-    """Serve ``app`` until SIGTERM or Ctrl-C. No access log: query strings carry tokens."""
-    import uvicorn
-
-    from dispatcher.serving import EmbeddedServer
-
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
-    # proxy_headers off: uvicorn would otherwise take X-Forwarded-For as the client's address
-    # from any connection made on this host; the app decides whom to believe (TRUSTED_PROXIES).
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        ws="none",
-        proxy_headers=False,
-    )
-    server = EmbeddedServer(config)
-    serving = asyncio.create_task(server.serve(), name="http")
-    stop = asyncio.create_task(stopping.wait())
-    await asyncio.wait([serving, stop], return_when=asyncio.FIRST_COMPLETED)
-    if before_stop is not None:
-        before_stop()
-    server.should_exit = True
-    stop.cancel()
-    await serving
-
-
-async def serve_dispatcher(settings: DispatcherSettings, host: str, port: int) -> None:
-    """``zimage dispatch``: the dispatcher and its webhook/health/metrics routes, until SIGTERM or Ctrl-C."""
-    async with running_service(settings) as service:
-        await serve_until_signal(service.app(), host, port)

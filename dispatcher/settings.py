@@ -1,30 +1,14 @@
-"""The one typed settings object, read from the environment and an optional .env file.
-
-Nothing else in the code reads os.environ: a missing or malformed value stops
-start-up here, with a message that names the variable and says where to find it.
-"""
+"""The dispatcher's settings (the database's are the kernel's), from the environment and .env."""
 
 from __future__ import annotations
 
 import secrets
 from typing import Annotated, Literal
 
-from pydantic import Field, PostgresDsn, SecretStr, ValidationError, field_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
 
-_CONFIG = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
-
-
-class DatabaseSettings(BaseSettings):
-    """What every command that touches the database needs."""
-
-    model_config = _CONFIG
-
-    database_url: PostgresDsn = Field(
-        description="Postgres connection string; on Supabase: Project Settings > Database > "
-        "Connection string (direct or session pooler, port 5432: LISTEN needs a session)",
-    )
+from kernel.settings import DatabaseSettings
 
 
 class DispatcherSettings(DatabaseSettings):
@@ -84,26 +68,6 @@ class DispatcherSettings(DatabaseSettings):
                 raise ValueError("give at least one endpoint id")
             return ids
         return value
-
-
-def configuration_errors(error: ValidationError) -> list[str]:
-    """One line per bad variable: its name, what is wrong, and where to find the right value."""
-    fields: dict[str, FieldInfo] = {}
-    for model in BaseSettings.__subclasses__() + DatabaseSettings.__subclasses__():
-        if model.__name__ == error.title:
-            fields = model.model_fields
-    lines = []
-    for problem in error.errors():
-        name = str(problem["loc"][0]) if problem["loc"] else "settings"
-        where = fields[name].description if name in fields else None
-        lines.append(f"{name.upper()}: {problem['msg']}" + (f" ({where})" if where else ""))
-    return lines
-
-
-def load_database_settings() -> DatabaseSettings:
-    # Deliberately no arguments: pydantic-settings fills the fields from the
-    # environment, which mypy cannot see.
-    return DatabaseSettings()  # type: ignore[call-arg]
 
 
 def load_dispatcher_settings() -> DispatcherSettings:

@@ -24,22 +24,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def connection_pool(database_url: str, max_size: int = 8, check: bool = False) -> AsyncConnectionPool:
-    """With ``check``, a connection is checked as it is handed out (one round trip on an idle
-    connection), so that after a Postgres restart no request fails on one of the pool's dead
-    connections once the database is back. The app asks for it; the dispatcher does not (its
-    leases recover from a failed statement, and its hot path would pay a round trip each)."""
-    return AsyncConnectionPool(
-        database_url,
-        min_size=1,
-        max_size=max_size,
-        open=False,
-        kwargs={"autocommit": True},
-        reconnect_timeout=60,
-        check=AsyncConnectionPool.check_connection if check else None,
-    )
-
-
 class PostgresJobStore:
     def __init__(self, pool: AsyncConnectionPool, owner: str, lease_s: float) -> None:
         self.pool = pool

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from devstack.postgres import PROJECT_USER, PostgresCluster
-from dispatcher.schema import apply_migrations, apply_shim
+from kernel.schema import apply_migrations, apply_shim
 from worker.tiny import build_tiny_pipeline
 
 TEMPLATE = "zimage_template"

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 @contextmanager
 def running_devstack(*args: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
     """The process and the settings it printed; stopped afterwards if still running."""
-    command = [sys.executable, "-m", "dispatcher.cli", "devstack", "up", "--synthetic", "--workers", "2"]
+    command = [sys.executable, "-m", "zimage.cli", "devstack", "up", "--synthetic", "--workers", "2"]
     with (
         tempfile.TemporaryDirectory(prefix="zimage-test-devstack-") as data_dir,  # its PNGs, removed after
         subprocess.Popen(

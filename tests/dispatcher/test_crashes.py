@@ -39,7 +39,7 @@ def dispatcher_process(database_url: str, cloud: Cloud, log: Path) -> subprocess
     }
     with log.open("wb") as output:
         return subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.cli", "dispatch", "--port", str(free_port())],
+            [sys.executable, "-m", "zimage.cli", "dispatch", "--port", str(free_port())],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import httpx
 import psycopg
 
-from api.batches import act_as_user
 from devstack.postgres import free_port
 from devstack.runpod_platform import Faults, JobStatus
 from devstack.servers import LoopbackServer
 from dispatcher.webhook import webhook_url
+from kernel.db import act_as_user
 from tests.dispatcher.conftest import (
     ENDPOINTS,
     Cloud,

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from devstack.postgres import free_port
-from dispatcher.http import http_client
+from kernel.http import http_client
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 Serve = Callable[[Handler], Awaitable[str]]

@@ -11,7 +11,8 @@ import psycopg
 import pytest
 
 from dispatcher.domain import ClaimedJob
-from dispatcher.store import Coalescer, PostgresJobStore, connection_pool
+from dispatcher.store import Coalescer, PostgresJobStore
+from kernel.db import connection_pool
 from tests.dispatcher.conftest import events_of, insert_batch, jobs_of
 
 

@@ -14,12 +14,12 @@ import pytest
 
 from devstack.png import png_size
 from devstack.postgres import PostgresCluster
-from dispatcher.schema import migration_files
+from kernel.schema import migration_files
 
 
 def zimage(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", *args],
+        [sys.executable, "-m", "zimage.cli", *args],
         capture_output=True,
         text=True,
         timeout=90,
@@ -42,7 +42,7 @@ def test_migrate_with_shim_on_a_vanilla_database(postgres: PostgresCluster) -> N
 def test_migrate_names_a_missing_setting() -> None:
     env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
     result = subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", "migrate"],
+        [sys.executable, "-m", "zimage.cli", "migrate"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -79,7 +79,7 @@ def test_demo_keep_stays_up_for_the_page_and_ctrl_c_leaves_nothing_behind(tmp_pa
         [
             sys.executable,
             "-m",
-            "dispatcher.cli",
+            "zimage.cli",
             "demo",
             "--synthetic",
             "--keep",

@@ -38,7 +38,7 @@ def environment(stack: dict[str, str]) -> dict[str, str]:
 
 def zimage(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", *args],
+        [sys.executable, "-m", "zimage.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -51,7 +51,7 @@ def service(command: str, env: dict[str, str]) -> Iterator[str]:
     """``zimage <command> --port P`` until it answers /healthz; SIGTERM afterwards must end it cleanly."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "dispatcher.cli", command, "--port", str(port)],
+        [sys.executable, "-m", "zimage.cli", command, "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

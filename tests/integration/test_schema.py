@@ -17,7 +17,7 @@ import pytest
 
 from devstack import jobs as devstack_jobs
 from devstack.postgres import PostgresCluster
-from dispatcher.schema import SUPABASE_DIR, apply_migrations, apply_shim, migration_files
+from kernel.schema import SUPABASE_DIR, apply_migrations, apply_shim, migration_files
 
 PGTAP_FILES = sorted((SUPABASE_DIR / "tests").glob("*.sql"))
 USER_A = "aaaaaaaa-0000-0000-0000-000000000001"

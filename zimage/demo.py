@@ -20,11 +20,11 @@ from typing import Any
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.client import ApiError, ProgressBar, submit
-from api.serve import running_app
 from api.settings import ApiSettings
 from devstack.servers import LoopbackServer
 from devstack.stack import Devstack, DevstackConfig
 from dispatcher.settings import DispatcherSettings
+from zimage.processes import running_app
 
 DEMO_USER = "00000000-0000-4000-8000-000000000001"  # supabase/seed.sql
 DEFAULT_PROMPTS = [

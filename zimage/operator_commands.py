@@ -124,7 +124,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 async def _status(batch_id: UUID | None, as_json: bool) -> int:
     from api.batches import batch_snapshot
-    from dispatcher.settings import load_database_settings
+    from kernel.settings import load_database_settings
 
     settings = load_database_settings()
     async with await psycopg.AsyncConnection.connect(str(settings.database_url), autocommit=True) as conn:
@@ -193,7 +193,7 @@ def run_retry(args: argparse.Namespace) -> int:
     if args.batch is None and not args.job and args.since is None:
         print("zimage retry: give --batch, --job or --since", file=sys.stderr)
         return EXIT_USAGE
-    from dispatcher.settings import load_database_settings
+    from kernel.settings import load_database_settings
 
     settings = load_database_settings()
     with psycopg.connect(str(settings.database_url), autocommit=True) as conn:

@@ -61,7 +61,7 @@ def run_up(args: argparse.Namespace) -> int:
     import logging
 
     from devstack.stack import Devstack, DevstackConfig
-    from dispatcher.logs import configure_logging
+    from kernel.logs import configure_logging
 
     configure_logging(logging.WARNING)  # on stderr: stdout is for the exports `eval` takes
 

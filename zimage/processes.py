@@ -1,4 +1,5 @@
-"""``zimage serve`` (the app and the dispatcher in one process) and ``zimage http`` (the app alone)."""
+"""The processes: ``zimage serve`` (the app and the dispatcher in one), ``zimage http`` (the app
+alone) and ``zimage dispatch`` (the dispatcher alone, with its webhook, health and metrics)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from api.app import Extras, build_app, running_api
 from api.context import FunctionContext
 from api.settings import ApiSettings
 from dispatcher.app import dispatcher_health, webhook_route
-from dispatcher.service import running_service, serve_until_signal
+from dispatcher.service import running_service
 from dispatcher.settings import DispatcherSettings
+from kernel.serving import serve_until_signal
 
 
 @contextlib.asynccontextmanager
@@ -36,3 +38,9 @@ async def serve(api: ApiSettings, dispatcher: DispatcherSettings | None, host: s
     async with running_app(api, dispatcher) as (app, context):
         # Open streams end first (with an event saying so), or uvicorn would wait on them forever.
         await serve_until_signal(app, host, port, before_stop=context.broker.close)
+
+
+async def serve_dispatcher(settings: DispatcherSettings, host: str, port: int) -> None:
+    """``zimage dispatch``: the dispatcher and its webhook/health/metrics routes, until SIGTERM or Ctrl-C."""
+    async with running_service(settings) as service:
+        await serve_until_signal(service.app(), host, port)

@@ -1,4 +1,7 @@
-"""The ``zimage`` command line: one entry point, one subcommand per task."""
+"""The ``zimage`` command line: one entry point, one subcommand per task.
+
+The composition root: the only package that imports the dispatcher, the app and the local stack
+together, to wire them into processes (zimage.processes) and commands."""
 
 from __future__ import annotations
 
@@ -13,21 +16,17 @@ from typing import Any
 import psycopg
 from pydantic import ValidationError
 
-from dispatcher.schema import apply_migrations, apply_shim
-from dispatcher.settings import configuration_errors, load_database_settings
+from kernel.schema import apply_migrations, apply_shim
+from kernel.settings import configuration_errors, load_database_settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
 
 def run_service(main: Coroutine[Any, Any, None], fast_loop: bool = False) -> None:
-    """Run a long-running service. ``fast_loop``: on uvloop where it is installed. Measured on the
-    2-core box: the app alone (``zimage http``) fans 1000 streams out with p99 94 ms on uvloop
-    against 335 ms on asyncio's loop (bench/sse_fanout.py); the dispatcher gains nothing from it
-    (bench/pickup.py and bench/throughput.py within their noise), so it keeps asyncio's loop,
-    and so does ``zimage serve`` (both)."""
+    """Run a long-running service. ``fast_loop``: on uvloop where it is installed (``zimage http``,
+    whose SSE fan-out is loop-bound; the README has the figures)."""
     # What is loaded by now (modules, settings) lives as long as the process: freezing it keeps
-    # every full collection from walking it again. Measured in the dispatcher under the pickup
-    # bench: a full collection paused the event loop 33 to 41 ms before, 1 to 7 ms after.
+    # every full collection from walking it again (the README says what it saves).
     gc.collect()
     gc.freeze()
     if fast_loop:
@@ -53,9 +52,9 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from dispatcher.logs import configure_logging
-    from dispatcher.service import serve_dispatcher
     from dispatcher.settings import load_dispatcher_settings
+    from kernel.logs import configure_logging
+    from zimage.processes import serve_dispatcher
 
     settings = load_dispatcher_settings()
     configure_logging()
@@ -64,10 +63,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from api.serve import serve
     from api.settings import load_api_settings
-    from dispatcher.logs import configure_logging
     from dispatcher.settings import load_dispatcher_settings
+    from kernel.logs import configure_logging
+    from zimage.processes import serve
 
     api_settings = load_api_settings()
     dispatcher_settings = load_dispatcher_settings() if args.command == "serve" else None
@@ -81,8 +80,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import logging
 
-    from devstack.demo import run_demo
-    from dispatcher.logs import configure_logging
+    from kernel.logs import configure_logging
+    from zimage.demo import run_demo
 
     configure_logging(logging.WARNING)  # the demo prints its own story; logs only for trouble
     return run_demo(args.prompt, args.synthetic, args.data_dir, args.keep, args.port)
@@ -161,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=0, help="the app's port (default: a free one)")
     demo.set_defaults(run=_demo)
 
-    from api.commands import add_operator_commands
-    from devstack.cli import add_devstack_commands
+    from zimage.devstack_commands import add_devstack_commands
+    from zimage.operator_commands import add_operator_commands
 
     add_operator_commands(commands)
     add_devstack_commands(commands)
