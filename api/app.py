@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from api.ratelimit import RateLimiter
 from api.settings import ApiSettings
 from kernel.db import connection_pool
 from kernel.metrics import metrics
+from kernel.supervisor import Supervisor
 
 log = structlog.get_logger("api")
 
@@ -57,7 +57,8 @@ async def running_api(settings: ApiSettings) -> AsyncIterator[FunctionContext]:
     await pool.open(wait=True, timeout=30)
     http = httpx.AsyncClient(timeout=10)
     broker = EventBroker(str(settings.database_url))
-    broker_task = asyncio.create_task(broker.run(), name="event-broker")
+    tasks = Supervisor()
+    tasks.start("event-broker", broker.run)
     SSE_STREAMS.set_function(lambda: len(broker.subscriptions()))
     try:
         yield FunctionContext(
@@ -66,10 +67,10 @@ async def running_api(settings: ApiSettings) -> AsyncIterator[FunctionContext]:
             broker,
             Authenticator(settings, http),
             RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
+            tasks,
         )
     finally:
-        broker_task.cancel()
-        await asyncio.gather(broker_task, return_exceptions=True)
+        await tasks.close()
         await http.aclose()
         await pool.close()
 
@@ -88,8 +89,12 @@ def build_app(context: FunctionContext, extras: Extras | None = None) -> Starlet
 
     async def healthz(_: Request) -> Response:
         listening = context.broker.listener.connected.is_set()
-        body: dict[str, Any] = {"status": "ok" if listening else "degraded", "event_listener": listening}
-        healthy = listening
+        healthy = listening and context.tasks.healthy
+        body: dict[str, Any] = {
+            "status": "ok" if healthy else "degraded",
+            "event_listener": listening,
+            "tasks": context.tasks.health(),
+        }
         if extras is not None:
             body["dispatcher"] = dispatcher = extras.health()
             healthy = healthy and dispatcher["status"] == "ok"

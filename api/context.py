@@ -15,6 +15,7 @@ from api.broker import EventBroker
 from api.errors import HttpError
 from api.ratelimit import RateLimiter
 from api.settings import ApiSettings
+from kernel.supervisor import Supervisor
 
 
 @dataclass
@@ -24,6 +25,7 @@ class FunctionContext:
     broker: EventBroker
     auth: Authenticator
     limiter: RateLimiter
+    tasks: Supervisor  # the app's background tasks (the event broker)
 
     async def caller(self, request: Request) -> Caller:
         token = bearer_token(request.headers.get("authorization"), request.query_params.get("access_token"))

@@ -6,10 +6,7 @@ import functools
 import struct
 import zlib
 
-from dispatcher.images import PNG_SIGNATURE as SIGNATURE
-from dispatcher.images import png_size
-
-__all__ = ["png_size", "solid_png"]
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -27,3 +24,11 @@ def solid_png(width: int, height: int, rgb: tuple[int, int, int] = (96, 72, 48))
         + _chunk(b"IDAT", zlib.compress(row * height, 9))
         + _chunk(b"IEND", b"")
     )
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's header; ValueError if it is not a PNG."""
+    if not data.startswith(SIGNATURE) or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG")
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)

@@ -22,10 +22,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
-import httpx
+import aiohttp
 import structlog
-
-from kernel.http import http_client
 
 log = structlog.get_logger("devstack.runpod")
 
@@ -193,7 +191,8 @@ class Platform:
         self._finished: dict[str, asyncio.Event] = {}  # only for jobs someone waits on (runsync)
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._http = http_client()  # webhooks at benchmark rates: the dispatcher's cheap client
+        # aiohttp itself, not the dispatcher's client: a stand-in shares no code with what it serves.
+        self._http: aiohttp.ClientSession | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
     @property
@@ -212,7 +211,8 @@ class Platform:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.close()
 
     def _spawn(self, coroutine: Any, name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)
@@ -405,11 +405,17 @@ class Platform:
                 await asyncio.sleep(self.webhook_retry_delay_s)
             self.counters.webhook_deliveries[job.id] += 1
             try:
-                response = await self._http.post(job.webhook, json=payload)
-                if response.is_success:
-                    return
-            except httpx.HTTPError as error:
+                async with self._session().post(job.webhook, json=payload) as response:
+                    if response.ok:
+                        return
+            except (aiohttp.ClientError, TimeoutError) as error:
                 log.info("webhook.failed", job_id=job.id, attempt=attempt, error=type(error).__name__)
+
+    def _session(self) -> aiohttp.ClientSession:
+        # Opened on first use: an aiohttp session belongs to the loop it was created on.
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), trust_env=False)
+        return self._http
 
     def _stop_signal(self, worker_id: str) -> asyncio.Queue[str]:
         return self._stop_signals.setdefault(worker_id, asyncio.Queue())

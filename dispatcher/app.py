@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import structlog
-from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dispatcher.core import Dispatcher
+from dispatcher.claiming import Dispatcher
 from dispatcher.metrics import WEBHOOKS_REFUSED
 from dispatcher.webhook import token_is_valid
 from kernel.bodies import read_body
 from kernel.metrics import metrics
+
+if TYPE_CHECKING:
+    from dispatcher.service import Service
 
 log = structlog.get_logger("dispatcher.webhook")
 # A result carries the image base64 (RunPod caps results near 10 MiB, its webhook body
@@ -25,35 +26,37 @@ log = structlog.get_logger("dispatcher.webhook")
 MAX_WEBHOOK_BODY_BYTES = 32 * 1024 * 1024
 
 
-def dispatcher_routes(
-    dispatcher: Dispatcher, pool: AsyncConnectionPool, wakeups: Mapping[str, asyncio.Event]
-) -> list[Route]:
+def dispatcher_routes(service: Service) -> list[Route]:
     async def healthz(_: Request) -> Response:
-        health = dispatcher_health(dispatcher, wakeups)
+        health = dispatcher_health(service)
         return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
     return [
-        webhook_route(dispatcher, pool),
+        webhook_route(service.dispatcher),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
 
 
-def dispatcher_health(dispatcher: Dispatcher, wakeups: Mapping[str, asyncio.Event]) -> dict[str, object]:
-    """What it holds, whether each wake-up source is connected (if not, the sweep alone
-    picks jobs up: slower, never lost), and which RunPod endpoints refuse our key (when all
-    do, nothing can run: the status is "unavailable", and /healthz answers 503)."""
+def dispatcher_health(service: Service) -> dict[str, object]:
+    """What it holds, whether each wake-up source is connected (if not, the sweep alone picks
+    jobs up: slower, never lost), which RunPod endpoints refuse our key, and the state of each
+    background loop. The status is "unavailable" (and /healthz answers 503) when nothing can
+    run: every endpoint refuses the key, or a loop is down (restarting, or given up)."""
+    dispatcher = service.dispatcher
     paused = sorted(dispatcher.endpoints.unauthorized)
+    down = dispatcher.endpoints.all_paused or not service.supervisor.healthy
     return {
-        "status": "unavailable" if dispatcher.endpoints.all_paused else "ok",
+        "status": "unavailable" if down else "ok",
         "dispatcher_id": dispatcher.settings.dispatcher_id,
         "runpod_endpoints_refusing_key": paused,
         "in_flight": len(dispatcher.active),
-        "wakeup": {name: connected.is_set() for name, connected in wakeups.items()},
+        "wakeup": {name: connected.is_set() for name, connected in service.wakeups.items()},
+        "tasks": service.supervisor.health(),
     }
 
 
-def webhook_route(dispatcher: Dispatcher, pool: AsyncConnectionPool) -> Route:
+def webhook_route(dispatcher: Dispatcher) -> Route:
     """POST /runpod/webhook/{job_id}/{submission}?token=...: RunPod's completion callback.
     Every refusal is answered 4xx, logged and counted by reason."""
     secret = dispatcher.settings.webhook_secret.get_secret_value()
@@ -84,8 +87,7 @@ def webhook_route(dispatcher: Dispatcher, pool: AsyncConnectionPool) -> Route:
         if outcome == "elsewhere":
             # Another replica may run this job: wake it (it confirms with one status call of
             # its own, so nothing in this body is trusted there).
-            async with pool.connection() as conn:
-                await conn.execute("select pg_notify('image_job_completed', %s)", (str(job_id),))
+            await dispatcher.store.announce_completion(job_id)
         elif outcome != "delivered":
             return refuse(409, outcome, job_id=str(job_id), submission=submission)
         return JSONResponse({"received": True})

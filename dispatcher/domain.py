@@ -10,7 +10,9 @@
     │   └── RunPodJobGone        unknown job (404, or a FAILED "not found"): result expired, ttl passed
     ├── StorageError             upload or download failed (retryable)
     │   └── StorageRejected      Storage refused the request itself (a bad key, type, size)
-    └── BadResult                the worker's output is not a PNG of the requested size
+    ├── BadResult                the worker's output is not a PNG of the requested size
+    └── StoreUnavailable         the job store (Postgres) failed a statement: nothing is
+                                 recorded on the row; its lease runs out and it is claimed again
 
 Whether a failure is worth another attempt is a property of the type, never
 read from a message.
@@ -27,7 +29,7 @@ from uuid import UUID
 
 
 class JobStatus(StrEnum):
-    """Mirrors image_jobs.status."""
+    """image_jobs.status (its check constraint lists the same six)."""
 
     QUEUED = "queued"
     SUBMITTED = "submitted"
@@ -35,6 +37,31 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+class RunPodStatus(StrEnum):
+    """A RunPod job's status, as /status and the webhook report it."""
+
+    IN_QUEUE = "IN_QUEUE"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+    UNKNOWN = "UNKNOWN"  # anything else RunPod may answer: not finished, so it is asked again
+
+    @classmethod
+    def _missing_(cls, value: object) -> RunPodStatus:
+        return cls.UNKNOWN
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED
+
+
+_FINISHED = frozenset(
+    {RunPodStatus.COMPLETED, RunPodStatus.FAILED, RunPodStatus.CANCELLED, RunPodStatus.TIMED_OUT}
+)
 
 
 class DispatchError(Exception):
@@ -83,6 +110,10 @@ class BadResult(DispatchError):
     pass
 
 
+class StoreUnavailable(DispatchError):
+    """Raised by the job store adapter for any driver error, so the core imports no driver."""
+
+
 @dataclass(frozen=True)
 class ClaimedJob:
     id: UUID
@@ -100,10 +131,14 @@ class ClaimedJob:
     steps: int
     runpod_job_id: str | None
     runpod_endpoint_id: str | None
-    previous_status: str
+    previous_status: JobStatus
     created_at: datetime
     storage_path: str  # computed when the row was inserted
     submissions: int  # RunPod submissions so far, never reset: names this one's webhook
+
+    def __post_init__(self) -> None:
+        # The row says it in text; the code speaks the enum.
+        object.__setattr__(self, "previous_status", JobStatus(self.previous_status))
 
     @property
     def size_key(self) -> tuple[str, int, int]:
@@ -126,7 +161,7 @@ class RunPodState:
     """One /status answer (or a webhook's payload)."""
 
     id: str
-    status: str
+    status: RunPodStatus
     delay_ms: int | None = None
     execution_ms: int | None = None
     output: Any = None
@@ -136,7 +171,7 @@ class RunPodState:
     def from_json(cls, data: dict[str, Any]) -> RunPodState:
         return cls(
             id=str(data.get("id", "")),
-            status=str(data.get("status", "")),
+            status=RunPodStatus(str(data.get("status", ""))),
             delay_ms=data.get("delayTime"),
             execution_ms=data.get("executionTime"),
             output=data.get("output"),
@@ -145,7 +180,7 @@ class RunPodState:
 
     @property
     def finished(self) -> bool:
-        return self.status in {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
+        return self.status.finished
 
 
 @dataclass(frozen=True)
@@ -183,3 +218,19 @@ class ReusableImage:
     width: int
     height: int
     steps: int
+
+
+@dataclass(frozen=True)
+class Success:
+    """What a succeeded job records on its row."""
+
+    job_id: UUID
+    image_url: str
+    image_sha256: str
+    width: int
+    height: int
+    steps: int
+    seed: int | None
+    timings: dict[str, Any]
+    status_polls: int
+    reused_from: UUID | None = None

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispatcher.domain import RunPodState
+from dispatcher.domain import RunPodState, RunPodStatus
 
 Key = tuple[str, int, int]
 
@@ -40,7 +40,7 @@ class LatencyModel:
         return self.averages.get(key) or Averages(self.default_queue_s, self.default_execution_s)
 
     def learn(self, key: Key, state: RunPodState) -> None:
-        if state.status != "COMPLETED" or state.execution_ms is None:
+        if state.status != RunPodStatus.COMPLETED or state.execution_ms is None:
             return
         queue_s, execution_s = (state.delay_ms or 0) / 1000, state.execution_ms / 1000
         current = self.averages.get(key)
@@ -80,7 +80,7 @@ class PollSchedule:
         now = time.monotonic() if now is None else now
         self.polls += 1
         expected = self.model.expected(self.key)
-        if state.status == "IN_QUEUE":
+        if state.status == RunPodStatus.IN_QUEUE:
             self.queued_polls += 1
             return min(max(expected.queue_s, 0.25) * 1.6**self.queued_polls, 15.0)
         finish = self._predicted_finish(state, expected)

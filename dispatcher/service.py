@@ -1,4 +1,5 @@
-"""Wiring the dispatcher from its settings, and running it until a signal."""
+"""The dispatcher assembled from its settings: the adapters plugged into the core's ports, its
+loops and wake-up sources run under a supervisor, stopped gracefully on exit."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 
 from dispatcher.app import dispatcher_routes
-from dispatcher.core import Dispatcher
+from dispatcher.claiming import Dispatcher
+from dispatcher.ports import WakeupSource
 from dispatcher.runpod import RetryPolicy, RunPodClient
 from dispatcher.settings import DispatcherSettings
 from dispatcher.storage import SupabaseStorage
@@ -22,6 +24,7 @@ from dispatcher.wakeup import RealtimeListener
 from kernel.db import connection_pool
 from kernel.http import http_client
 from kernel.listen import PostgresListener
+from kernel.supervisor import RestartPolicy, Supervisor
 
 log = structlog.get_logger("dispatcher.service")
 
@@ -31,7 +34,8 @@ class Service:
     dispatcher: Dispatcher
     pool: AsyncConnectionPool
     http: httpx.AsyncClient
-    sources: dict[str, PostgresListener | RealtimeListener]  # the enabled wake-up sources
+    sources: dict[str, WakeupSource]  # the enabled wake-up sources
+    supervisor: Supervisor
 
     @property
     def wakeups(self) -> dict[str, asyncio.Event]:
@@ -39,14 +43,18 @@ class Service:
         return {name: source.connected for name, source in self.sources.items()}
 
     def app(self) -> Starlette:
-        return Starlette(routes=dispatcher_routes(self.dispatcher, self.pool, self.wakeups))
+        return Starlette(routes=dispatcher_routes(self))
 
 
 @contextlib.asynccontextmanager
 async def running_service(
-    settings: DispatcherSettings, retry: RetryPolicy | None = None, stop_grace_s: float = 10.0
+    settings: DispatcherSettings,
+    retry: RetryPolicy | None = None,
+    stop_grace_s: float = 10.0,
+    restarts: RestartPolicy | None = None,
 ) -> AsyncIterator[Service]:
-    """Start the dispatcher (claim loop, lease renewer, LISTEN) and stop it gracefully on exit."""
+    """Start the dispatcher (claim loop, lease renewer, prober, wake-up sources) and stop it
+    gracefully on exit."""
     pool = connection_pool(str(settings.database_url))
     # One connection per job in flight at most: a job waiting for a free connection holds its slot.
     http, storage_http = http_client(settings.max_in_flight), http_client(settings.max_in_flight)
@@ -73,15 +81,16 @@ async def running_service(
         on_wake=dispatcher.wake,
         on_connect=dispatcher.wake,
     )
-    sources = {
+    sources: dict[str, WakeupSource] = {
         name: source
         for name, source in (("postgres", listener), ("realtime", realtime))
         if settings.wakeup_source in (name, "both")
     }
-    tasks = [
-        asyncio.create_task(dispatcher.run(), name="dispatcher"),
-        *(asyncio.create_task(source.run(), name=f"wakeup-{name}") for name, source in sources.items()),
-    ]
+    supervisor = Supervisor(restarts)
+    for name, loop in dispatcher.loops().items():
+        supervisor.start(name, loop)
+    for name, source in sources.items():
+        supervisor.start(f"wakeup-{name}", source.run)
     log.info(
         "dispatcher.started",
         dispatcher_id=settings.dispatcher_id,
@@ -90,12 +99,10 @@ async def running_service(
         wakeup=settings.wakeup_source,
     )
     try:
-        yield Service(dispatcher, pool, http, sources)
+        yield Service(dispatcher, pool, http, sources, supervisor)
     finally:
         await dispatcher.stop(stop_grace_s)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await supervisor.close()
         await http.aclose()
         await storage_http.aclose()
         await pool.close()

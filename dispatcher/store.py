@@ -1,24 +1,28 @@
 """The job store adapter: image_jobs in Postgres through a psycopg 3 connection pool.
 
-Every method is one guarded statement (or one call of a state-machine function):
-it changes a row only if this dispatcher holds its lease and the row is in the
-expected state, and says whether it did.
+Every method is one guarded statement (or one call of a state-machine function) from
+sql/queries.sql: it changes a row only if this dispatcher holds its lease and the row is in the
+expected state, and says whether it did. Every driver error leaves as StoreUnavailable, so the
+core never sees psycopg.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import fields
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 import psycopg
-from psycopg.rows import class_row, dict_row
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from dispatcher.domain import NOBODY, ClaimedJob, ReusableImage
+from dispatcher.domain import NOBODY, ClaimedJob, JobStatus, ReusableImage, StoreUnavailable, Success
 from dispatcher.queries import QUERIES
+from kernel.logs import first_line
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -32,21 +36,28 @@ class PostgresJobStore:
         self._submissions = Coalescer(self._mark_submitted)
         self._successes = Coalescer(self._succeed_many)
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection; any driver error (or a pool that cannot give one) becomes
+        StoreUnavailable, with the driver's headline."""
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except psycopg.Error as error:
+            raise StoreUnavailable(first_line(error)) from error
+
     async def claim(self, limit: int, per_user: int) -> list[ClaimedJob]:
-        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute(
-                QUERIES["claim"],
-                {
-                    "owner": self.owner,
-                    "lease_s": self.lease_s,
-                    "limit": limit,
-                    "per_user": per_user,
-                    "scan": max(limit * 4, 64),
-                    "nobody": NOBODY,
-                },
-            )
-            rows = await cursor.fetchall()
-        return [_claimed(row) for row in rows]
+        params = {
+            "owner": self.owner,
+            "lease_s": self.lease_s,
+            "limit": limit,
+            "per_user": per_user,
+            "scan": max(limit * 4, 64),
+            "nobody": NOBODY,
+        }
+        async with self._connection() as conn, conn.cursor(row_factory=class_row(ClaimedJob)) as cursor:
+            await cursor.execute(QUERIES["claim"], params)
+            return await cursor.fetchall()
 
     async def mark_submitted(self, job_id: UUID, runpod_job_id: str, endpoint_id: str) -> bool:
         """Record the RunPod job id; False if the row is no longer ours. Calls made in the same
@@ -55,18 +66,14 @@ class PostgresJobStore:
 
     async def _mark_submitted(self, submissions: list[tuple[UUID, str, str]]) -> set[UUID]:
         ids, runpod_job_ids, endpoint_ids = (list(column) for column in zip(*submissions, strict=True))
-        async with self.pool.connection() as conn:
-            rows = await (
-                await conn.execute(
-                    QUERIES["mark_submitted"],
-                    {
-                        "owner": self.owner,
-                        "ids": ids,
-                        "runpod_job_ids": runpod_job_ids,
-                        "endpoint_ids": endpoint_ids,
-                    },
-                )
-            ).fetchall()
+        params = {
+            "owner": self.owner,
+            "ids": ids,
+            "runpod_job_ids": runpod_job_ids,
+            "endpoint_ids": endpoint_ids,
+        }
+        async with self._connection() as conn:
+            rows = await (await conn.execute(QUERIES["mark_submitted"], params)).fetchall()
         return {row[0] for row in rows}
 
     async def defer(self, job_id: UUID, reason: str, delay_s: float) -> bool:
@@ -79,63 +86,39 @@ class PostgresJobStore:
     async def resubmit(self, job_id: UUID, reason: str) -> tuple[int, int] | None:
         """Start a new attempt; returns its number and the submission's, or None if this
         dispatcher lost the job."""
-        async with self.pool.connection() as conn:
+        async with self._connection() as conn:
             row = await (
                 await conn.execute(QUERIES["resubmit"], {"id": job_id, "owner": self.owner, "reason": reason})
             ).fetchone()
         return None if row is None else (int(row[0]), int(row[1]))
 
-    async def succeed(
-        self,
-        job: ClaimedJob,
-        *,
-        image_url: str,
-        image_sha256: str,
-        width: int,
-        height: int,
-        steps: int,
-        seed: int | None,
-        timings: dict[str, Any],
-        status_polls: int,
-        reused_from: UUID | None = None,
-    ) -> bool:
+    async def succeed(self, success: Success) -> bool:
         """Move the job to succeeded; False if it is no longer ours. Like submissions, the
         successes of one moment share one statement."""
-        row = (
-            job.id,
-            image_url,
-            image_sha256,
-            width,
-            height,
-            steps,
-            seed,
-            Jsonb(timings),
-            status_polls,
-            reused_from,
-        )
-        outcome = (await self._successes.add(row)).get(job.id, False)
-        if isinstance(outcome, psycopg.Error):
+        outcome = (await self._successes.add(success)).get(success.job_id, False)
+        if isinstance(outcome, StoreUnavailable):
             raise outcome
         return outcome
 
-    async def _succeed_many(self, rows: list[tuple[Any, ...]]) -> Mapping[UUID, bool | psycopg.Error]:
+    async def _succeed_many(self, successes: list[Success]) -> Mapping[UUID, bool | StoreUnavailable]:
         try:
-            return await self._succeed_rows(rows)
+            return await self._succeed_rows(successes)
         except psycopg.OperationalError as error:  # the database, not a row: all wait for the lease
-            return dict.fromkeys((row[0] for row in rows), error)
+            return dict.fromkeys((success.job_id for success in successes), _unavailable(error))
         except psycopg.Error as error:
-            if len(rows) == 1:
-                return {rows[0][0]: error}
+            if len(successes) == 1:
+                return {successes[0].job_id: _unavailable(error)}
         # One bad row fails the whole statement: record the others one by one, so it alone fails.
-        outcomes: dict[UUID, bool | psycopg.Error] = {}
-        for row in rows:
+        outcomes: dict[UUID, bool | StoreUnavailable] = {}
+        for success in successes:
             try:
-                outcomes |= await self._succeed_rows([row])
+                outcomes |= await self._succeed_rows([success])
             except psycopg.Error as error:
-                outcomes[row[0]] = error
+                outcomes[success.job_id] = _unavailable(error)
         return outcomes
 
-    async def _succeed_rows(self, rows: list[tuple[Any, ...]]) -> dict[UUID, bool]:
+    async def _succeed_rows(self, successes: list[Success]) -> dict[UUID, bool]:
+        """One statement for all; psycopg's own errors go up, for _succeed_many to sort out."""
         names = (
             "ids",
             "image_urls",
@@ -148,7 +131,9 @@ class PostgresJobStore:
             "polls",
             "reused_from",
         )
+        rows = [tuple(getattr(success, field.name) for field in fields(Success)) for success in successes]
         columns = [list(column) for column in zip(*rows, strict=True)]
+        columns[names.index("timings")] = [Jsonb(timings) for timings in columns[names.index("timings")]]
         params = {"owner": self.owner, **dict(zip(names, columns, strict=True))}
         async with self.pool.connection() as conn:
             answers = await (await conn.execute(QUERIES["succeed"], params)).fetchall()
@@ -163,24 +148,20 @@ class PostgresJobStore:
         status_polls: int,
         backoff_base_s: float,
         backoff_max_s: float,
-    ) -> str | None:
-        """'queued' (to be retried), 'failed', or None if this dispatcher lost the job."""
-        async with self.pool.connection() as conn:
-            row = await (
-                await conn.execute(
-                    "select public.dispatcher_fail_job(%s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        job.id,
-                        self.owner,
-                        error[:2000],
-                        retryable,
-                        status_polls,
-                        backoff_base_s,
-                        backoff_max_s,
-                    ),
-                )
-            ).fetchone()
-        return None if row is None or row[0] is None else str(row[0])
+    ) -> JobStatus | None:
+        """QUEUED (to be retried), FAILED, or None if this dispatcher lost the job."""
+        params = {
+            "id": job.id,
+            "owner": self.owner,
+            "error": error[:2000],
+            "retryable": retryable,
+            "polls": status_polls,
+            "backoff_base_s": backoff_base_s,
+            "backoff_max_s": backoff_max_s,
+        }
+        async with self._connection() as conn:
+            row = await (await conn.execute(QUERIES["fail"], params)).fetchone()
+        return None if row is None or row[0] is None else JobStatus(row[0])
 
     async def renew_leases(self, job_ids: list[UUID]) -> set[UUID]:
         """Extend the leases still ours; returns the ids renewed."""
@@ -189,42 +170,40 @@ class PostgresJobStore:
     async def release_leases(self, job_ids: list[UUID]) -> set[UUID]:
         return await self._ids("release_leases", job_ids)
 
-    async def status_of(self, job_id: UUID) -> str | None:
-        async with self.pool.connection() as conn:
-            row = await (await conn.execute(QUERIES["job_status"], {"id": job_id})).fetchone()
-        return None if row is None else str(row[0])
-
     async def find_reusable(self, job: ClaimedJob) -> ReusableImage | None:
-        async with (
-            self.pool.connection() as conn,
-            conn.cursor(row_factory=class_row(ReusableImage)) as cursor,
-        ):
-            await cursor.execute(
-                QUERIES["find_reusable"],
-                {
-                    "prompt": job.prompt,
-                    "quality": job.quality,
-                    "aspect_ratio": job.aspect_ratio,
-                    "seed": job.seed,
-                },
-            )
+        params = {
+            "prompt": job.prompt,
+            "quality": job.quality,
+            "aspect_ratio": job.aspect_ratio,
+            "seed": job.seed,
+        }
+        async with self._connection() as conn, conn.cursor(row_factory=class_row(ReusableImage)) as cursor:
+            await cursor.execute(QUERIES["find_reusable"], params)
             return await cursor.fetchone()
 
+    async def announce_completion(self, job_id: UUID) -> None:
+        """Tell the other replicas that this job's webhook arrived here."""
+        async with self._connection() as conn:
+            await conn.execute(QUERIES["announce_completion"], {"id": job_id})
+
     async def _changed(self, query: str, **params: Any) -> bool:
-        async with self.pool.connection() as conn:
+        async with self._connection() as conn:
             row = await (await conn.execute(QUERIES[query], {"owner": self.owner, **params})).fetchone()
         return row is not None
 
     async def _ids(self, query: str, job_ids: list[UUID]) -> set[UUID]:
         if not job_ids:
             return set()
-        async with self.pool.connection() as conn:
-            rows = await (
-                await conn.execute(
-                    QUERIES[query], {"owner": self.owner, "ids": job_ids, "lease_s": self.lease_s}
-                )
-            ).fetchall()
+        params = {"owner": self.owner, "ids": job_ids, "lease_s": self.lease_s}
+        async with self._connection() as conn:
+            rows = await (await conn.execute(QUERIES[query], params)).fetchall()
         return {row[0] for row in rows}
+
+
+def _unavailable(error: psycopg.Error) -> StoreUnavailable:
+    unavailable = StoreUnavailable(first_line(error))
+    unavailable.__cause__ = error
+    return unavailable
 
 
 class Coalescer(Generic[T, R]):
@@ -246,7 +225,3 @@ class Coalescer(Generic[T, R]):
     async def _run_batch(self, items: list[T]) -> R:
         self._next = None  # from here on, calls go to the next batch
         return await self._run(items)
-
-
-def _claimed(row: dict[str, Any]) -> ClaimedJob:
-    return ClaimedJob(**{name: row[name] for name in ClaimedJob.__dataclass_fields__})

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import uvicorn
 from starlette.types import ASGIApp
+
+from kernel.supervisor import ServiceFailed, Supervisor
 
 
 class EmbeddedServer(uvicorn.Server):
@@ -20,9 +22,14 @@ class EmbeddedServer(uvicorn.Server):
 
 
 async def serve_until_signal(
-    app: ASGIApp, host: str, port: int, before_stop: Callable[[], None] | None = None
+    app: ASGIApp,
+    host: str,
+    port: int,
+    before_stop: Callable[[], None] | None = None,
+    supervisors: Sequence[Supervisor] = (),
 ) -> None:
-    """Serve ``app`` until SIGTERM or Ctrl-C. No access log: query strings carry tokens."""
+    """Serve ``app`` until SIGTERM or Ctrl-C, or until a supervised task gave up (then it raises
+    ServiceFailed, for a non-zero exit). No access log: query strings carry tokens."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -42,9 +49,19 @@ async def serve_until_signal(
     server = EmbeddedServer(config)
     serving = asyncio.create_task(server.serve(), name="http")
     stop = asyncio.create_task(stopping.wait())
-    await asyncio.wait([serving, stop], return_when=asyncio.FIRST_COMPLETED)
+    failures = [asyncio.create_task(supervisor.failed.wait()) for supervisor in supervisors]
+    await asyncio.wait([serving, stop, *failures], return_when=asyncio.FIRST_COMPLETED)
     if before_stop is not None:
         before_stop()
     server.should_exit = True
-    stop.cancel()
+    for waiter in (stop, *failures):
+        waiter.cancel()
     await serving
+    failed = [
+        name
+        for supervisor in supervisors
+        for name, state in supervisor.states.items()
+        if state.state == "failed"
+    ]
+    if failed:
+        raise ServiceFailed(f"background task(s) kept failing: {', '.join(failed)}")

@@ -66,8 +66,8 @@ async def _demo(prompts: list[str], synthetic: bool, data_dir: Path | None, keep
         environment = {name.lower(): value for name, value in stack.environment().items()}
         api_settings = ApiSettings.model_validate(environment)
         dispatcher_settings = DispatcherSettings.model_validate({**environment, "sweep_interval_seconds": 1})
-        async with running_app(api_settings, dispatcher_settings) as (app, context):
-            server = await LoopbackServer(app, "app", port=port).start()
+        async with running_app(api_settings, dispatcher_settings) as running:
+            server = await LoopbackServer(running.app, "app", port=port).start()
             token = stack.keys.user_token(DEMO_USER, ttl_s=24 * 3600)
             say(f"The app serves {server.url}; submitting {len(prompts)} prompts as the demo user would:")
             try:
@@ -82,7 +82,7 @@ async def _demo(prompts: list[str], synthetic: bool, data_dir: Path | None, keep
                 await _until_interrupted(stopping)
             else:
                 say(f"The progress page was {page} (run with --keep to use it).")
-            context.broker.close()
+            running.context.broker.close()
             await server.stop()
         return 0 if complete["failed"] == 0 else 1
     finally:

@@ -60,7 +60,7 @@ with due as (
 )
 select c.id, c.batch_id, c.user_id, c.position, c.prompt, c.quality, c.aspect_ratio, c.seed,
        c.attempts, c.max_attempts, c.width, c.height, c.steps, c.runpod_job_id, c.runpod_endpoint_id,
-       c.submitted_at, c.created_at, c.previous_status, c.storage_path, c.submissions
+       c.created_at, c.previous_status, c.storage_path, c.submissions
   from claimed c;
 
 -- name: mark_submitted
@@ -173,9 +173,6 @@ update public.image_jobs
  where id in (select id from locked)
 returning id;
 
--- name: job_status
-select status from public.image_jobs where id = %(id)s;
-
 -- name: find_reusable
 -- Only jobs whose stored bytes have a recorded hash: the copy is checked against it,
 -- since a project's key can be written again by its owner's later batches.
@@ -186,3 +183,14 @@ select id, storage_path, image_sha256, width, height, steps
    and image_sha256 is not null
  order by finished_at desc
  limit 1;
+
+-- name: fail
+-- The state machine decides: back to the queue after a backoff (retryable, attempts left)
+-- or failed for good; null if the row is no longer ours.
+select public.dispatcher_fail_job(
+  %(id)s, %(owner)s, %(error)s, %(retryable)s, %(polls)s, %(backoff_base_s)s, %(backoff_max_s)s
+);
+
+-- name: announce_completion
+-- A webhook for a job another replica runs: wake it (it confirms with a status call of its own).
+select pg_notify('image_job_completed', %(id)s::text);

@@ -10,7 +10,7 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from dispatcher.domain import ClaimedJob
+from dispatcher.domain import ClaimedJob, StoreUnavailable, Success
 from dispatcher.store import Coalescer, PostgresJobStore
 from kernel.db import connection_pool
 from tests.dispatcher.conftest import events_of, insert_batch, jobs_of
@@ -96,22 +96,25 @@ async def test_a_bad_success_fails_alone_and_the_others_of_its_moment_are_stored
     outcomes = await asyncio.gather(
         *(
             claimed.store.succeed(
-                job,
-                image_url=f"https://example.test/{job.position}.png",
-                image_sha256="0" * 64,
-                width=job.width,
-                height=job.height,
-                steps=job.steps,
-                seed=7,
-                timings={"note": "\x00" if job.position == 1 else "fine"},
-                status_polls=1,
+                Success(
+                    job.id,
+                    image_url=f"https://example.test/{job.position}.png",
+                    image_sha256="0" * 64,
+                    width=job.width,
+                    height=job.height,
+                    steps=job.steps,
+                    seed=7,
+                    timings={"note": "\x00" if job.position == 1 else "fine"},
+                    status_polls=1,
+                )
             )
             for job in claimed.jobs
         ),
         return_exceptions=True,
     )
     assert outcomes[0] is True
-    assert isinstance(outcomes[1], psycopg.Error)
+    assert isinstance(outcomes[1], StoreUnavailable)
+    assert isinstance(outcomes[1].__cause__, psycopg.Error)
     assert outcomes[2] is True
     jobs_now = await jobs_of(database_url, claimed.batch_id)
     assert [job["status"] for job in jobs_now] == ["succeeded", "submitted", "succeeded"]

@@ -1,0 +1,162 @@
+"""The dispatcher: claim jobs into free slots, keep their leases, and hand each to a job runner.
+
+One claim loop fills free slots (a global and a per-user cap) whenever it is woken (a
+notification, a finished job) or the sweep timer fires. Each claimed job runs in its own task
+(runner.py). A lease renewer keeps the rows ours while we work and notices when one is not (a
+user cancelled it): that task stops and cancels its RunPod job. An endpoint prober asks the
+endpoints that refused our key again now and then.
+
+The three loops are long-lived background tasks: ``loops()`` names them for the supervisor
+(kernel.supervisor), which restarts one that dies and reports it in /healthz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+from uuid import UUID
+
+import structlog
+
+from dispatcher.domain import ClaimedJob, RunPodError, RunPodState, StoreUnavailable
+from dispatcher.endpoints import EndpointPool
+from dispatcher.metrics import JOBS_IN_FLIGHT
+from dispatcher.polling import LatencyModel
+from dispatcher.ports import GpuEndpoint, JobStore, ObjectStorage
+from dispatcher.runner import JobRun, JobRunner
+from dispatcher.settings import DispatcherSettings
+
+log = structlog.get_logger("dispatcher")
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: DispatcherSettings,
+        store: JobStore,
+        gpu: GpuEndpoint,
+        storage: ObjectStorage,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.gpu = gpu
+        self.endpoints = EndpointPool(settings.runpod_endpoint_id, settings.endpoint_cooldown_seconds)
+        self.model = LatencyModel()
+        self.runner = JobRunner(settings, store, gpu, storage, self.endpoints, self.model, self.wake)
+        self.active: dict[UUID, JobRun] = {}
+        self._tasks: dict[UUID, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.log = log.bind(dispatcher_id=settings.dispatcher_id)
+
+    # ---- outside events ------------------------------------------------------------
+    def wake(self, _payload: str = "") -> None:
+        self._wake.set()
+
+    def deliver_webhook(self, job_id: UUID, submission: int, payload: dict[str, Any]) -> str:
+        """A webhook whose token checked out: 'delivered' to the job this process runs, 'elsewhere'
+        if it runs in no task here, or why it was refused. Only the submission we wait on counts,
+        and only for the RunPod job recorded for it: an older submission's URL (seen in RunPod's
+        logs, or replayed) can never finish a newer run."""
+        run = self.active.get(job_id)
+        if run is None:
+            return "elsewhere"
+        state = RunPodState.from_json(payload)
+        if submission != run.submission:
+            return "not the current submission"
+        if run.runpod_job_id is not None and state.id != run.runpod_job_id:
+            return "another RunPod job than the one recorded"
+        if not state.finished:
+            return "the job is not finished"
+        run.webhook_state = state
+        run.hint.set()
+        return "delivered"
+
+    def hint_completed(self, payload: str) -> None:
+        """Another replica received this job's webhook: poll it now."""
+        with contextlib.suppress(ValueError):
+            run = self.active.get(UUID(payload))
+            if run is not None:
+                run.hint.set()
+
+    # ---- the loops -----------------------------------------------------------------
+    def loops(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """The background loops, by name, for a supervisor to run (each runs until cancelled)."""
+        return {
+            "claim-loop": self._claim_forever,
+            "lease-renewer": self._renew_leases_forever,
+            "endpoint-prober": self._probe_paused_endpoints_forever,
+        }
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop claiming, let jobs in flight finish for grace_s, then hand the rest back."""
+        self._stopping.set()
+        self._wake.set()
+        tasks = list(self._tasks.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        unfinished = list(self.active)
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        with contextlib.suppress(StoreUnavailable):
+            released = await self.store.release_leases(unfinished)
+            self.log.info("dispatcher.stopped", handed_back=len(released))
+
+    async def _claim_forever(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            free = self.settings.max_in_flight - len(self.active)
+            # While every endpoint refuses our key, jobs stay queued (the prober wakes us).
+            if free > 0 and not self.endpoints.all_paused:
+                try:
+                    for job in await self.store.claim(free, self.settings.max_in_flight_per_user):
+                        self._start(job)
+                except StoreUnavailable as exc:
+                    self.log.warning("claim.failed", error=str(exc))
+                    await asyncio.sleep(1)
+                    continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.sweep_interval_seconds)
+
+    def _start(self, job: ClaimedJob) -> None:
+        run = JobRun.claimed(job)
+        self.active[job.id] = run
+        JOBS_IN_FLIGHT.inc()
+        self._tasks[job.id] = asyncio.create_task(self._run_job(run), name=f"job-{job.id}")
+
+    async def _run_job(self, run: JobRun) -> None:
+        try:
+            await self.runner.run(run)
+        finally:
+            self.active.pop(run.job.id, None)
+            self._tasks.pop(run.job.id, None)
+            JOBS_IN_FLIGHT.dec()
+            self._wake.set()  # a slot is free
+
+    async def _renew_leases_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            ids = list(self.active)
+            try:
+                renewed = await self.store.renew_leases(ids)
+            except StoreUnavailable as exc:
+                self.log.warning("lease.renew_failed", error=str(exc))
+                continue
+            for job_id in set(ids) - renewed:
+                if (run := self.active.get(job_id)) is not None:
+                    run.lost = True
+                    run.hint.set()
+
+    async def _probe_paused_endpoints_forever(self) -> None:
+        """An endpoint that refused our key is asked again now and then; it resumes once it
+        answers (the key was fixed or rotated back), and the claim loop is woken."""
+        while True:
+            await asyncio.sleep(self.settings.endpoint_probe_seconds)
+            for endpoint in sorted(self.endpoints.unauthorized):
+                with contextlib.suppress(RunPodError):
+                    await self.gpu.health(endpoint)
+                    self.endpoints.resume(endpoint)
+                    self._wake.set()

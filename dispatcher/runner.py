@@ -1,0 +1,382 @@
+"""One claimed job, from claim to a final row: reuse a stored image if an identical seeded one
+exists, else submit (or resume the RunPod job a dead dispatcher left behind), wait for completion
+by webhook or adaptive polling, check and upload the PNG, and move the row to succeeded.
+
+The job's ids are bound into the log context (structlog contextvars) for the life of its task,
+so every line logged on its behalf, here or in an adapter, names it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from dispatcher.domain import (
+    ClaimedJob,
+    DispatchError,
+    JobStatus,
+    ReusableImage,
+    RunPodError,
+    RunPodJobGone,
+    RunPodOutcomeUnknown,
+    RunPodRejected,
+    RunPodState,
+    RunPodStatus,
+    RunPodUnauthorized,
+    RunPodUnavailable,
+    StorageError,
+    StoreUnavailable,
+    Success,
+    WorkerFailure,
+)
+from dispatcher.endpoints import EndpointPool
+from dispatcher.images import decode_png
+from dispatcher.metrics import (
+    COMPLETION_TO_STORED,
+    INSERT_TO_SUBMIT,
+    JOBS_FINISHED,
+    RESUBMISSIONS,
+    STATUS_POLLS_PER_JOB,
+)
+from dispatcher.polling import FixedSchedule, LatencyModel, PollSchedule
+from dispatcher.ports import GpuEndpoint, JobStore, ObjectStorage
+from dispatcher.settings import DispatcherSettings
+from dispatcher.webhook import webhook_url
+
+log = structlog.get_logger("dispatcher")
+
+
+class LostJob(Exception):
+    """This dispatcher no longer owns the job (cancelled by its user, or taken over)."""
+
+
+class Deferred(Exception):
+    """The job cannot be submitted anywhere now (every endpoint refuses our key): it goes back
+    to the queue without counting an attempt."""
+
+
+@dataclass
+class JobRun:
+    """A claimed job in flight, and what reaches it from outside its task."""
+
+    job: ClaimedJob
+    attempt: int
+    submission: int  # names this submission's webhook URL; never repeats for the job
+    endpoint_id: str | None = None
+    runpod_job_id: str | None = None
+    polls: int = 0
+    submitted_at: float = 0.0
+    hint: asyncio.Event = field(default_factory=asyncio.Event)
+    webhook_state: RunPodState | None = None
+    lost: bool = False
+    maybe_submitted: bool = False  # a submission whose RunPod id we never learnt may exist
+
+    @classmethod
+    def claimed(cls, job: ClaimedJob) -> JobRun:
+        return cls(
+            job,
+            job.attempts,
+            job.submissions,
+            job.runpod_endpoint_id,
+            job.runpod_job_id,
+            maybe_submitted=job.previous_status != JobStatus.QUEUED and job.runpod_job_id is None,
+        )
+
+
+@dataclass
+class JobRunner:
+    """Runs one job at a time per call of ``run``; shared by every job task of a dispatcher."""
+
+    settings: DispatcherSettings
+    store: JobStore
+    gpu: GpuEndpoint
+    storage: ObjectStorage
+    endpoints: EndpointPool
+    model: LatencyModel
+    wake: Callable[[], None]  # a slot may be free, or a job went back to the queue
+
+    async def run(self, run: JobRun) -> None:
+        structlog.contextvars.bind_contextvars(
+            dispatcher_id=self.settings.dispatcher_id, job_id=str(run.job.id), batch_id=str(run.job.batch_id)
+        )
+        try:
+            if await self._reuse(run):
+                return
+            state = await self._run_on_runpod(run)
+            await self._settle(run, state)
+        except Deferred as deferred:
+            if await self.store.defer(run.job.id, str(deferred), self.settings.endpoint_probe_seconds):
+                log.warning("job.deferred", reason=str(deferred))
+        except LostJob:
+            log.info("job.lost", reason="the row is no longer ours (cancelled or taken over)")
+            await self.cancel_on_runpod(run)
+        except StoreUnavailable as error:
+            # The lease runs out and the job is claimed again: nothing is lost.
+            log.warning("job.database_error", error=str(error))
+        except DispatchError as error:
+            await self._fail(run, str(error), error.retryable)
+        except Exception as error:  # a bug: record it on the row, retry within max_attempts
+            log.exception("job.internal_error")
+            with contextlib.suppress(StoreUnavailable):
+                await self._fail(run, f"internal error: {type(error).__name__}: {error}", True)
+
+    async def _run_on_runpod(self, run: JobRun) -> RunPodState:
+        """Submit (or resume) until RunPod finishes the job; resubmissions are counted and explained."""
+        for _ in range(run.job.max_attempts + 2):
+            if run.runpod_job_id is None:
+                if run.maybe_submitted:  # a dead dispatcher's, or one whose answer was lost
+                    if (state := await self._await_lost_submission(run)) is not None:
+                        return state
+                    await self._resubmit(run, "a submission's answer was lost")
+                await self._submit(run)
+                if run.runpod_job_id is None:
+                    continue
+            try:
+                return await self._await_completion(run)
+            except RunPodJobGone:
+                await self._resubmit(run, "RunPod no longer knows the job (its result expired)")
+        raise RunPodUnavailable("gave up resubmitting")
+
+    async def _submit(self, run: JobRun) -> None:
+        job, settings = run.job, self.settings
+        payload: dict[str, Any] = {
+            "input": job.worker_input(),
+            "policy": {
+                "executionTimeout": int(settings.execution_timeout_seconds * 1000),
+                "ttl": int((settings.queue_budget_seconds + settings.execution_timeout_seconds) * 1000),
+            },
+        }
+        if settings.webhook_public_url:
+            payload["webhook"] = webhook_url(
+                settings.webhook_public_url,
+                settings.webhook_secret.get_secret_value(),
+                job.id,
+                run.submission,
+            )
+        endpoint, runpod_job_id = await self._submit_anywhere(payload, run)
+        if runpod_job_id is None:
+            return
+        self.endpoints.succeeded(endpoint)
+        run.endpoint_id, run.runpod_job_id, run.submitted_at = endpoint, runpod_job_id, time.monotonic()
+        if not await self.store.mark_submitted(job.id, runpod_job_id, endpoint):
+            raise LostJob
+        INSERT_TO_SUBMIT.observe((datetime.now(UTC) - job.created_at).total_seconds())
+        log.info("job.submitted", runpod_job_id=runpod_job_id, endpoint_id=endpoint, attempt=run.attempt)
+
+    async def _submit_anywhere(self, payload: dict[str, Any], run: JobRun) -> tuple[str, str | None]:
+        """Submit to the first endpoint that takes our key: (endpoint, RunPod job id, or None if
+        the answer was lost). An endpoint that refuses the key is paused, not the job's fault:
+        when none is left, the job goes back to the queue unpenalised (Deferred)."""
+        while True:
+            try:
+                endpoint = self.endpoints.pick()
+            except RunPodUnauthorized as exc:
+                raise Deferred(str(exc)) from exc
+            try:
+                return endpoint, await self.gpu.submit(endpoint, payload)
+            except RunPodUnauthorized as exc:
+                self.endpoints.pause(endpoint, str(exc))
+                continue
+            except RunPodOutcomeUnknown:
+                run.maybe_submitted = True
+                log.warning("job.submit_answer_lost", endpoint_id=endpoint)
+                return endpoint, None
+            except RunPodUnavailable:
+                self.endpoints.failed(endpoint)
+                raise
+
+    async def _await_lost_submission(self, run: JobRun) -> RunPodState | None:
+        """Give a submission we lost track of the chance to report by webhook before paying again."""
+        if not self.settings.webhook_public_url:
+            return None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.hint.wait(), self.settings.lost_submit_grace_seconds)
+        state = run.webhook_state
+        if state is not None and state.finished:
+            run.runpod_job_id = state.id
+            return state
+        return None
+
+    async def _resubmit(self, run: JobRun, reason: str) -> None:
+        numbers = await self.store.resubmit(run.job.id, reason)
+        if numbers is None:
+            raise LostJob
+        run.attempt, run.submission = numbers
+        run.runpod_job_id = run.endpoint_id = run.webhook_state = None
+        run.maybe_submitted = False
+        RESUBMISSIONS.labels(reason=reason).inc()
+        log.warning("job.resubmitted", attempt=run.attempt, submission=run.submission, reason=reason)
+
+    async def _await_completion(self, run: JobRun) -> RunPodState:
+        assert run.runpod_job_id is not None
+        assert run.endpoint_id is not None
+        schedule = self._schedule(run)
+        budget_ends = (
+            schedule.submitted_at
+            + self.settings.queue_budget_seconds
+            + self.settings.execution_timeout_seconds
+        )
+        delay = schedule.first_delay()
+        marked_running = run.job.previous_status == JobStatus.RUNNING
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.hint.wait(), max(delay, 0.0))
+            run.hint.clear()
+            if run.lost:
+                raise LostJob
+            if run.webhook_state is not None and run.webhook_state.finished:
+                return run.webhook_state
+            try:
+                state = await self.gpu.status(run.endpoint_id, run.runpod_job_id)
+            except RunPodUnauthorized as exc:  # the job runs on; ask again once the key works
+                self.endpoints.pause(run.endpoint_id, str(exc))
+                delay = self.settings.endpoint_probe_seconds
+                continue
+            except RunPodRejected:  # it would run on, and bill, with nobody waiting for it
+                await self.cancel_on_runpod(run)
+                raise
+            run.polls += 1
+            if state.finished:
+                self.model.learn(run.job.size_key, state)
+                return state
+            if state.status == RunPodStatus.IN_PROGRESS and not marked_running:
+                await self.store.mark_running(run.job.id)
+                marked_running = True
+            if time.monotonic() > budget_ends:
+                log.warning("job.over_budget", runpod_job_id=run.runpod_job_id)
+                await self.cancel_on_runpod(run)
+                raise RunPodUnavailable("the job exceeded its time budget on RunPod and was cancelled")
+            delay = schedule.next_delay(state)
+
+    def _schedule(self, run: JobRun) -> PollSchedule:
+        submitted_at = run.submitted_at or time.monotonic()
+        if (interval := self.settings.fixed_poll_interval_seconds) is not None:
+            return FixedSchedule(self.model, run.job.size_key, submitted_at, interval_s=interval)
+        return PollSchedule(
+            self.model, run.job.size_key, submitted_at, webhook=bool(self.settings.webhook_public_url)
+        )
+
+    async def _settle(self, run: JobRun, state: RunPodState) -> None:
+        job, seen = run.job, time.monotonic()
+        if state.status == RunPodStatus.FAILED:
+            failure = WorkerFailure.parse(state.error)
+            await self._fail(run, failure.message, failure.retryable)
+            return
+        if state.status != RunPodStatus.COMPLETED:
+            raise RunPodUnavailable(f"RunPod ended the job {state.status}")
+        # Checking every pixel and hashing take milliseconds of CPU: off the event loop.
+        png, digest = await asyncio.to_thread(_checked_png, state.output, job.width, job.height)
+        url = await self.storage.upload_png(job.storage_path, png)
+        output = state.output
+        stored = await self.store.succeed(
+            Success(
+                job.id,
+                image_url=url,
+                image_sha256=digest,
+                width=job.width,
+                height=job.height,
+                steps=_reported(output, "steps") or job.steps,
+                seed=seed if (seed := _reported(output, "seed")) is not None else job.seed,
+                timings={
+                    "queue_ms": state.delay_ms,
+                    "execution_ms": state.execution_ms,
+                    **output.get("timings", {}),
+                },
+                status_polls=run.polls,
+            )
+        )
+        if not stored:
+            raise LostJob
+        COMPLETION_TO_STORED.observe(time.monotonic() - seen)
+        STATUS_POLLS_PER_JOB.observe(run.polls)
+        JOBS_FINISHED.labels(outcome="succeeded").inc()
+        log.info("job.succeeded", storage_path=job.storage_path, status_polls=run.polls, attempt=run.attempt)
+
+    async def _reuse(self, run: JobRun) -> bool:
+        """An identical seeded request already succeeded: reuse its image, skip the GPU."""
+        job = run.job
+        if (
+            not self.settings.reuse_seeded_images
+            or job.seed is None
+            or job.previous_status != JobStatus.QUEUED
+        ):
+            return False
+        found = await self.store.find_reusable(job)
+        if found is None or not await self._copy_verified(found, job.storage_path):
+            return False
+        stored = await self.store.succeed(
+            Success(
+                job.id,
+                image_url=self.storage.public_url(job.storage_path),
+                image_sha256=found.image_sha256,
+                width=found.width,
+                height=found.height,
+                steps=found.steps,
+                seed=job.seed,
+                timings={"reused": True},
+                status_polls=0,
+                reused_from=found.id,
+            )
+        )
+        if stored:
+            JOBS_FINISHED.labels(outcome="reused").inc()
+            log.info("job.reused", reused_from=str(found.id))
+        return True
+
+    async def _copy_verified(self, found: ReusableImage, path: str) -> bool:
+        """Put the earlier job's bytes at ``path``, only if what sits at its key still hashes to
+        what that job recorded (its owner may have written the key again since): never someone
+        else's later image."""
+        try:
+            png = await self.storage.download(found.storage_path)
+        except StorageError as exc:
+            log.info("job.reuse_skipped", reused_from=str(found.id), reason=str(exc))
+            return False
+        if hashlib.sha256(png).hexdigest() != found.image_sha256:
+            log.warning("job.reuse_skipped", reused_from=str(found.id), reason="stored bytes changed")
+            return False
+        if path != found.storage_path:
+            await self.storage.upload_png(path, png)
+        return True
+
+    async def _fail(self, run: JobRun, message: str, retryable: bool) -> None:
+        outcome = await self.store.fail(
+            run.job,
+            message,
+            retryable=retryable,
+            status_polls=run.polls,
+            backoff_base_s=self.settings.backoff_base_seconds,
+            backoff_max_s=self.settings.backoff_max_seconds,
+        )
+        if outcome is not None:
+            JOBS_FINISHED.labels(outcome="retried" if outcome == JobStatus.QUEUED else "failed").inc()
+            self.wake()
+        log.warning(
+            "job.attempt_failed", error=message, retryable=retryable, outcome=outcome, attempt=run.attempt
+        )
+
+    async def cancel_on_runpod(self, run: JobRun) -> None:
+        if run.runpod_job_id is None or run.endpoint_id is None:
+            return
+        with contextlib.suppress(RunPodError):
+            await self.gpu.cancel(run.endpoint_id, run.runpod_job_id)
+
+
+def _checked_png(output: Any, width: int, height: int) -> tuple[bytes, str]:
+    """The worker's PNG, checked whole, and its SHA-256."""
+    png = decode_png(output, width, height)
+    return png, hashlib.sha256(png).hexdigest()
+
+
+def _reported(output: dict[str, Any], name: str) -> int | None:
+    """A number the worker reported, or None if it reported none (or something else)."""
+    value = output.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
