@@ -28,6 +28,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile.worker Dockerfile.dispatcher
 
 test: lint $(JS_DEPS)
