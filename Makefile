@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 # The official supabase-js, pinned by its lockfile, for the frontend conformance test.
 JS_DEPS := tests/js/node_modules/.package-lock.json
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean schema
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,6 +33,10 @@ lint: $(BIN)/.installed
 
 test: lint $(JS_DEPS)
 	$(BIN)/pytest
+
+# supabase/schema.sql, the schema as the migrations leave it (checked by the tests)
+schema: $(BIN)/.installed
+	$(BIN)/python -m devstack.schema_dump
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/js/node_modules

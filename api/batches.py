@@ -14,6 +14,7 @@ from psycopg.types.json import Jsonb
 
 from api.auth import Caller
 from api.errors import HttpError
+from api.queries import QUERIES
 from kernel.db import act_as_user
 from worker.request import MAX_SEED
 
@@ -96,18 +97,16 @@ async def insert_batch(conn: psycopg.AsyncConnection[Any], caller: Caller, batch
             if caller.kind == "user" and caller.user_id is not None:
                 await act_as_user(conn, caller.user_id)
             cursor = await conn.execute(
-                "insert into public.image_batches"
-                " (user_id, prompts, quality, aspect_ratio, project_id, seed, timings)"
-                " values (%s, %s, %s, %s, %s, %s, %s) returning id",
-                (
-                    caller.user_id if caller.kind == "user" else None,
-                    batch.prompts,
-                    batch.quality,
-                    batch.aspect_ratio,
-                    batch.project_id,
-                    batch.seed,
-                    Jsonb(batch.timings) if batch.timings is not None else None,
-                ),
+                QUERIES["insert_batch"],
+                {
+                    "user_id": caller.user_id if caller.kind == "user" else None,
+                    "prompts": batch.prompts,
+                    "quality": batch.quality,
+                    "aspect_ratio": batch.aspect_ratio,
+                    "project_id": batch.project_id,
+                    "seed": batch.seed,
+                    "timings": Jsonb(batch.timings) if batch.timings is not None else None,
+                },
             )
             row = await cursor.fetchone()
     except psycopg.errors.CheckViolation as exc:
@@ -131,15 +130,11 @@ def _body_names(message: str) -> str:
 async def batch_snapshot(conn: psycopg.AsyncConnection[Any], batch_id: UUID) -> dict[str, Any] | None:
     """Each job's state, URL or error and attempts, and, while it waits, its place in the queue."""
     async with conn.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute(
-            "select id, user_id, created_at, quality, aspect_ratio, project_id"
-            " from public.image_batches where id = %s",
-            (batch_id,),
-        )
+        await cursor.execute(QUERIES["batch"], {"batch_id": batch_id})
         batch = await cursor.fetchone()
         if batch is None:
             return None
-        await cursor.execute(_JOBS, (batch_id,))
+        await cursor.execute(QUERIES["batch_jobs"], {"batch_id": batch_id})
         jobs = await cursor.fetchall()
     counts: dict[str, int] = {}
     for job in jobs:
@@ -170,18 +165,3 @@ async def batch_snapshot(conn: psycopg.AsyncConnection[Any], batch_id: UUID) -> 
             for job in jobs
         ],
     }
-
-
-# Queue position: among due queued jobs in the order the claim scans them (oldest
-# due first); a job waiting out a retry backoff counts from when it is due.
-_JOBS = """
-with queue as (
-    select id, row_number() over (order by run_after, created_at, batch_id, position) as queue_position
-      from public.image_jobs where status = 'queued'
-)
-select j.id, j.position, j.prompt, j.status, j.image_url, j.error, j.attempts, j.max_attempts,
-       j.finished_at, q.queue_position
-  from public.image_jobs j left join queue q on q.id = j.id
- where j.batch_id = %s
- order by j.position
-"""

@@ -25,6 +25,7 @@ import structlog
 from psycopg.rows import dict_row
 
 from api.auth import Caller
+from api.queries import QUERIES
 from kernel.listen import PostgresListener
 from kernel.logs import first_line
 
@@ -32,7 +33,6 @@ log = structlog.get_logger("api.broker")
 
 ACTIVE_STATES = ("queued", "submitted", "running")
 APPLICATION_NAME = "zimage-events"  # both fan-out connections, as pg_stat_activity shows them
-_OWNERS = "select id, user_id from public.image_batches where id = any(%s)"
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ class EventBroker:
         found = {b: self.logs[b] for b in batch_ids if b in self.logs}
         missing = [b for b in batch_ids if b not in found]
         if missing:
-            rows = await self._query(_OWNERS, (missing,))
+            rows = await self._query("batch_owners", {"batch_ids": missing})
             for row in rows:
                 # Registered before its events are read: a NOTIFY from now on marks it dirty.
                 found[row["id"]] = self.logs.setdefault(row["id"], BatchLog(row["id"], row["user_id"]))
@@ -252,8 +252,8 @@ class EventBroker:
 
     async def _active_batches(self, caller: Caller) -> list[UUID]:
         rows = await self._query(
-            "select distinct batch_id from public.image_jobs where status = any(%s) and (%s or user_id = %s)",
-            (list(ACTIVE_STATES), caller.is_admin, caller.user_id),
+            "active_batches",
+            {"states": list(ACTIVE_STATES), "is_admin": caller.is_admin, "user_id": caller.user_id},
         )
         return [row["batch_id"] for row in rows]
 
@@ -291,7 +291,7 @@ class EventBroker:
         if not batch_ids or not self.feeds:
             return
         adopted: list[tuple[BatchLog, list[Subscription]]] = []
-        for row in await self._query(_OWNERS, (batch_ids,)):
+        for row in await self._query("batch_owners", {"batch_ids": batch_ids}):
             followers = [s for s in self.feeds if s.caller.may_see(row["user_id"])]
             if followers:
                 adopted.append(
@@ -307,11 +307,8 @@ class EventBroker:
         if not batches:
             return
         rows = await self._query(
-            "select e.batch_id, e.seq, e.kind, e.payload"
-            " from unnest(%s::uuid[], %s::int[]) as c(batch_id, after_seq)"
-            " join public.image_job_events e on e.batch_id = c.batch_id and e.seq > c.after_seq"
-            " order by e.batch_id, e.seq",
-            ([b.batch_id for b in batches], [b.last_seq for b in batches]),
+            "events_after",
+            {"batch_ids": [b.batch_id for b in batches], "after_seqs": [b.last_seq for b in batches]},
         )
         by_id = {b.batch_id: b for b in batches}
         grouped: dict[UUID, list[StreamEvent]] = {}
@@ -322,8 +319,8 @@ class EventBroker:
         for batch_id, events in grouped.items():
             by_id[batch_id].append(events)
 
-    async def _query(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        """On the broker's one query connection (reopened after Postgres drops it)."""
+    async def _query(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """The named query, on the broker's one query connection (reopened after Postgres drops it)."""
         async with self._lock:
             if self._conn is None or self._conn.closed:
                 self._conn = await psycopg.AsyncConnection.connect(
@@ -333,7 +330,7 @@ class EventBroker:
                     application_name=APPLICATION_NAME,
                 )
             try:
-                cursor = await self._conn.execute(sql, params)
+                cursor = await self._conn.execute(QUERIES[name], params)
                 return await cursor.fetchall()
             except psycopg.OperationalError:
                 await self._conn.close()

@@ -22,7 +22,10 @@ from uuid import UUID
 import psycopg
 from psycopg.rows import dict_row
 
+from kernel.queries import load_queries
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API = 0, 1, 2, 3
+OPERATOR_QUERIES = load_queries(Path(__file__).parent / "sql" / "operator.sql")
 
 
 def add_operator_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -142,18 +145,11 @@ async def _status(batch_id: UUID | None, as_json: bool) -> int:
 
 async def _queue(conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
     async with conn.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute("select status, count(*) as n from image_jobs group by status order by status")
+        await cursor.execute(OPERATOR_QUERIES["jobs_by_state"])
         by_state = {row["status"]: row["n"] for row in await cursor.fetchall()}
-        await cursor.execute(
-            "select extract(epoch from now() - min(created_at)) as age_s,"
-            " count(*) filter (where run_after <= now()) as due"
-            " from image_jobs where status = 'queued'"
-        )
+        await cursor.execute(OPERATOR_QUERIES["queued_age"])
         queued = await cursor.fetchone()
-        await cursor.execute(
-            "select lease_owner, count(*) as n from image_jobs"
-            " where status in ('submitted', 'running') group by lease_owner order by lease_owner"
-        )
+        await cursor.execute(OPERATOR_QUERIES["in_flight_by_dispatcher"])
         in_flight = {str(row["lease_owner"]): row["n"] for row in await cursor.fetchall()}
     age = queued["age_s"] if queued else None
     return {
@@ -198,7 +194,8 @@ def run_retry(args: argparse.Namespace) -> int:
     settings = load_database_settings()
     with psycopg.connect(str(settings.database_url), autocommit=True) as conn:
         row = conn.execute(
-            "select public.requeue_failed_jobs(%s, %s, %s)", (args.batch, args.job, args.since)
+            OPERATOR_QUERIES["requeue_failed"],
+            {"batch_id": args.batch, "job_ids": args.job, "since": args.since},
         ).fetchone()
     print(f"requeued {row[0] if row else 0} failed job(s)")
     return EXIT_OK

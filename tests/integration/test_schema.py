@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
 import re
 import shutil
@@ -234,3 +235,20 @@ def populate_with_other_users_data(conn: psycopg.Connection) -> None:
 async def _finish(dsn: str, job: uuid.UUID, error: str | None = None) -> None:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await devstack_jobs.finish_job(conn, job, error)
+
+
+def test_the_migrations_produce_exactly_schema_sql(postgres: PostgresCluster) -> None:
+    """supabase/schema.sql is what the migrations make; a migration without it (or it without
+    a migration) fails here. To update it: make schema."""
+    from devstack.schema_dump import SCHEMA_FILE, dump_schema
+    from tests.conftest import TEMPLATE
+
+    produced = dump_schema(postgres.admin_dsn(TEMPLATE))
+    assert "CREATE TABLE public.image_jobs" in produced
+    assert "CREATE POLICY" in produced
+    written = SCHEMA_FILE.read_text()
+    if produced != written:
+        diff = difflib.unified_diff(
+            written.splitlines(), produced.splitlines(), "supabase/schema.sql", "migrations", lineterm=""
+        )
+        pytest.fail("supabase/schema.sql is not current (run make schema):\n" + "\n".join(list(diff)[:60]))

@@ -1,0 +1,43 @@
+-- The HTTP functions' SQL, one named query per use (loaded by api/queries.py).
+
+-- name: insert_batch
+-- As the caller (act_as_user first, for users): RLS and the insert trigger check the values
+-- and make the jobs; a refusal is mapped to a 4xx in api/batches.py.
+insert into public.image_batches (user_id, prompts, quality, aspect_ratio, project_id, seed, timings)
+values (%(user_id)s, %(prompts)s, %(quality)s, %(aspect_ratio)s, %(project_id)s, %(seed)s, %(timings)s)
+returning id;
+
+-- name: batch
+select id, user_id, created_at, quality, aspect_ratio, project_id
+  from public.image_batches
+ where id = %(batch_id)s;
+
+-- name: batch_jobs
+-- Queue position: among due queued jobs in the order the claim scans them (oldest
+-- due first); a job waiting out a retry backoff counts from when it is due.
+with queue as (
+    select id, row_number() over (order by run_after, created_at, batch_id, position) as queue_position
+      from public.image_jobs where status = 'queued'
+)
+select j.id, j.position, j.prompt, j.status, j.image_url, j.error, j.attempts, j.max_attempts,
+       j.finished_at, q.queue_position
+  from public.image_jobs j left join queue q on q.id = j.id
+ where j.batch_id = %(batch_id)s
+ order by j.position;
+
+-- name: batch_owners
+-- The event broker: which of these batches exist, and whose they are (who may follow them).
+select id, user_id from public.image_batches where id = any(%(batch_ids)s);
+
+-- name: active_batches
+-- A feed of "every batch I may see" starts with the ones still in progress.
+select distinct batch_id
+  from public.image_jobs
+ where status = any(%(states)s) and (%(is_admin)s or user_id = %(user_id)s);
+
+-- name: events_after
+-- Every followed batch's events after the last one each holds: one query for all of them.
+select e.batch_id, e.seq, e.kind, e.payload
+  from unnest(%(batch_ids)s::uuid[], %(after_seqs)s::int[]) as c(batch_id, after_seq)
+  join public.image_job_events e on e.batch_id = c.batch_id and e.seq > c.after_seq
+ order by e.batch_id, e.seq;
