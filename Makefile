@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 # The official supabase-js, pinned by its lockfile, for the frontend conformance test.
 JS_DEPS := tests/js/node_modules/.package-lock.json
 
-.PHONY: demo test lint install clean schema
+.PHONY: demo test unit lint install clean schema
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,6 +33,10 @@ lint: $(BIN)/.installed
 
 test: lint $(JS_DEPS)
 	$(BIN)/pytest
+
+# The unit tests alone (no Postgres, no servers, no processes, no torch): seconds
+unit: $(BIN)/.installed
+	$(BIN)/pytest tests/unit
 
 # supabase/schema.sql, the schema as the migrations leave it (checked by the tests)
 schema: $(BIN)/.installed

@@ -54,10 +54,14 @@ class Supervisor:
         self.failed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
-        """Run ``loop()`` under supervision; a loop that returns is finished, not restarted."""
+    def start(
+        self, name: str, loop: Callable[[], Awaitable[None]], policy: RestartPolicy | None = None
+    ) -> None:
+        """Run ``loop()`` under supervision (by ``policy``, else the supervisor's); a loop that
+        returns is finished, not restarted."""
         self.states[name] = TaskState()
-        self._tasks.append(asyncio.create_task(self._supervise(name, loop), name=name))
+        task = asyncio.create_task(self._supervise(name, loop, policy or self.policy), name=name)
+        self._tasks.append(task)
 
     def health(self) -> dict[str, dict[str, object]]:
         return {name: vars(state).copy() for name, state in self.states.items()}
@@ -71,8 +75,8 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
-        state, policy = self.states[name], self.policy
+    async def _supervise(self, name: str, loop: Callable[[], Awaitable[None]], policy: RestartPolicy) -> None:
+        state = self.states[name]
         recent: list[float] = []
         backoff = policy.initial_backoff_s
         while True:

@@ -1,5 +1,10 @@
 """Shared fixtures: one real Postgres cluster per test session, a fresh database per test.
 
+The tests are sorted by kind: tests/unit needs nothing (no Postgres, no server, no process, no
+torch) and runs alone in seconds (`make unit`); tests/integration runs against real Postgres,
+the stand-ins on loopback and subprocesses; tests/worker runs the real handler on the tiny
+pipeline.
+
 Also the tiny offline Z-Image pipeline, built once per session.
 
 The cluster is started once (about a second); a template database gets the
@@ -23,7 +28,6 @@ import pytest
 
 from devstack.postgres import PROJECT_USER, PostgresCluster
 from kernel.schema import apply_migrations, apply_shim
-from worker.tiny import build_tiny_pipeline
 
 TEMPLATE = "zimage_template"
 _names = itertools.count()
@@ -62,4 +66,6 @@ def db(database_url: str) -> Iterator[psycopg.Connection]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny offline Z-Image pipeline, saved once per session (builds in under a second)."""
+    from worker.tiny import build_tiny_pipeline  # torch: imported only by the tests that need it
+
     return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-z-image")

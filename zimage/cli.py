@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from kernel.schema import apply_migrations, apply_shim
 from kernel.settings import configuration_errors, load_database_settings
+from kernel.supervisor import ServiceFailed
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -183,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except psycopg.OperationalError as exc:
         print(f"zimage: cannot reach the database: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ServiceFailed as exc:  # the orchestrator restarts the process
+        print(f"zimage: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 
 
