@@ -95,7 +95,6 @@ def build_runpod_app(
 
     async def status(request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        platform.counters.status_polls[job_id] += 1
         job = platform.get(request.path_params["endpoint_id"], job_id)
         if job is None and platform.faults_for(request.path_params["endpoint_id"]).unknown_job_as_failed:
             return JSONResponse({"id": job_id, "status": "FAILED", "error": "Job ID not found"})
@@ -196,6 +195,8 @@ class FaultInjection:
         route = parts[3]
         faults, draw = self.platform.faults_for(parts[2]), self.platform.random.random
         counted = self._counting(route, send)
+        if route == "status" and len(parts) > 4:  # every request received, answered or refused
+            self.platform.counters.status_polls[parts[4]] += 1
         if route not in PUBLIC_ROUTES:
             await self.app(scope, receive, counted)
             return

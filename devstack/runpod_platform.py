@@ -16,7 +16,7 @@ import json
 import random
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -116,6 +116,10 @@ class Counters:
     runs_started: int = 0
     submitted_at: dict[str, float] = field(default_factory=dict)  # wall clock, for latency benchmarks
     finished_at: dict[str, float] = field(default_factory=dict)
+    # What RunPod would bill: each run's seconds on a worker, from taking the job to reporting its
+    # end (a duplicate run and a cancelled job's work included), and workers' cold starts.
+    gpu_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    init_seconds: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -129,6 +133,8 @@ class Counters:
             "runs_started": self.runs_started,
             "submitted_at": self.submitted_at,
             "finished_at": self.finished_at,
+            "gpu_seconds": dict(self.gpu_seconds),
+            "init_seconds": self.init_seconds,
         }
 
 
@@ -187,6 +193,8 @@ class Platform:
         self._work_available = asyncio.Condition()
         self._stop_signals: dict[str, asyncio.Queue[str]] = {}
         self.worker_seen: dict[str, float] = {}
+        self.initializing: set[str] = set()  # workers in their cold start (model loading)
+        self._run_started: dict[tuple[str, str], float] = {}  # (job, worker): when that run began
         self.on_stop_pod: Callable[[str], None] | None = None
         self._finished: dict[str, asyncio.Event] = {}  # only for jobs someone waits on (runsync)
         self._closed = False
@@ -283,7 +291,14 @@ class Platform:
                 "inQueue": by_status[JobStatus.IN_QUEUE],
                 "retried": sum(1 for job in jobs if job.runs > 1),
             },
-            "workers": {"idle": len(live - busy), "running": len(live & busy), "ready": len(live)},
+            "workers": {
+                "idle": len(live - busy),
+                "running": len(live & busy),
+                "ready": len(live),
+                "initializing": len(self.initializing),
+                "throttled": 0,
+                "unhealthy": 0,
+            },
         }
 
     # ---- worker side -----------------------------------------------------------------
@@ -333,6 +348,9 @@ class Platform:
         job = self.jobs.get(job_id)
         if result.get("stopPod") and self.on_stop_pod is not None:
             self.on_stop_pod(worker_id)
+        final = result.get("status") != JobStatus.IN_PROGRESS
+        if final and (began := self._run_started.pop((job_id, worker_id), None)) is not None:
+            self.counters.gpu_seconds[job_id] += time.monotonic() - began  # this run is over: bill it
         if job is None or job.status in {JobStatus.CANCELLED, JobStatus.TIMED_OUT}:
             return  # too late: RunPod drops results of jobs it has already ended
         if result.get("status") == JobStatus.IN_PROGRESS:
@@ -364,6 +382,7 @@ class Platform:
     def _start(self, job: Job, worker_id: str) -> Job:
         job.status, job.worker_id, job.runs, job.lost = JobStatus.IN_PROGRESS, worker_id, job.runs + 1, False
         job.started_at = time.monotonic()
+        self._run_started[(job.id, worker_id)] = job.started_at
         self.counters.runs_started += 1
         if job.runs == 1 and self.random.random() < self.faults.rate_duplicate_run:
             # RunPod can hand one request to two workers; the second run starts later.

@@ -59,8 +59,10 @@ class SyntheticWorkers:
         count: int,
         execution_time: ExecutionTime,
         seed: int | None = None,
+        cold_start_s: float = 0.0,
     ) -> None:
         self.platform = platform
+        self.cold_start_s = cold_start_s  # each worker loads its model this long before taking jobs
         self.endpoint_id = endpoint_id
         self.count = count
         self.execution_time = execution_time
@@ -83,6 +85,11 @@ class SyntheticWorkers:
                 await task
 
     async def _work(self, worker_id: str) -> None:
+        if self.cold_start_s > 0:
+            self.platform.initializing.add(worker_id)
+            await asyncio.sleep(self.cold_start_s)
+            self.platform.initializing.discard(worker_id)
+            self.platform.counters.init_seconds += self.cold_start_s
         while not self.platform.closed:
             for job in await self.platform.take(self.endpoint_id, worker_id, 1, timeout_s=1.0):
                 await self._run(job, worker_id)

@@ -20,10 +20,11 @@ from uuid import UUID
 
 import structlog
 
+from dispatcher.admission import EndpointCapacity, admitted
 from dispatcher.domain import ClaimedJob, RunPodError, RunPodState, StoreUnavailable
 from dispatcher.endpoints import EndpointPool
 from dispatcher.metrics import JOBS_IN_FLIGHT
-from dispatcher.polling import LatencyModel
+from dispatcher.polling import LatencyModel, QueueView
 from dispatcher.ports import GpuEndpoint, JobStore, ObjectStorage
 from dispatcher.runner import JobRun, JobRunner
 from dispatcher.settings import DispatcherSettings
@@ -44,7 +45,19 @@ class Dispatcher:
         self.gpu = gpu
         self.endpoints = EndpointPool(settings.runpod_endpoint_id, settings.endpoint_cooldown_seconds)
         self.model = LatencyModel()
-        self.runner = JobRunner(settings, store, gpu, storage, self.endpoints, self.model, self.wake)
+        self.queue = QueueView()
+        self.capacity: dict[str, EndpointCapacity] = {}  # per endpoint, from its last /health
+        self.runner = JobRunner(
+            settings,
+            store,
+            gpu,
+            storage,
+            self.endpoints,
+            self.model,
+            self.queue,
+            self.wake,
+            self._took_worker,
+        )
         self.active: dict[UUID, JobRun] = {}
         self._tasks: dict[UUID, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -74,6 +87,12 @@ class Dispatcher:
         run.hint.set()
         return "delivered"
 
+    def _took_worker(self, job_id: UUID, at: float) -> None:
+        """A job waiting in RunPod's queue took a worker that freed at ``at``: replan its polls."""
+        if (run := self.active.get(job_id)) is not None:
+            run.expected_start = at
+            run.replan.set()
+
     def hint_completed(self, payload: str) -> None:
         """Another replica received this job's webhook: poll it now."""
         with contextlib.suppress(ValueError):
@@ -88,6 +107,7 @@ class Dispatcher:
             "claim-loop": self._claim_forever,
             "lease-renewer": self._renew_leases_forever,
             "endpoint-prober": self._probe_paused_endpoints_forever,
+            "capacity-watcher": self._watch_capacity_forever,
         }
 
     async def stop(self, grace_s: float = 10.0) -> None:
@@ -106,9 +126,11 @@ class Dispatcher:
             self.log.info("dispatcher.stopped", handed_back=len(released))
 
     async def _claim_forever(self) -> None:
+        if self.settings.admission == "capacity":
+            await self._read_capacity()  # before the first claim: how many to admit
         while not self._stopping.is_set():
             self._wake.clear()
-            free = self.settings.max_in_flight - len(self.active)
+            free = min(self.settings.max_in_flight, self._admitted()) - len(self.active)
             # While every endpoint refuses our key, jobs stay queued (the prober wakes us).
             if free > 0 and not self.endpoints.all_paused:
                 try:
@@ -149,6 +171,41 @@ class Dispatcher:
                 if (run := self.active.get(job_id)) is not None:
                     run.lost = True
                     run.hint.set()
+
+    def _admitted(self) -> int:
+        """How many jobs to hold now: by the endpoints' live capacity (admission.py), or, with
+        ADMISSION=fixed or while no endpoint's /health has answered, MAX_IN_FLIGHT."""
+        usable = [
+            capacity
+            for endpoint, capacity in self.capacity.items()
+            if endpoint not in self.endpoints.unauthorized
+        ]
+        if self.settings.admission == "fixed" or not usable:
+            return self.settings.max_in_flight
+        return admitted(usable, self.settings.admission_queue_depth)
+
+    async def _watch_capacity_forever(self) -> None:
+        if self.settings.admission != "capacity":
+            return
+        while True:
+            await asyncio.sleep(self.settings.capacity_poll_seconds)
+            await self._read_capacity()
+
+    async def _read_capacity(self) -> None:
+        """Every usable endpoint's /health; the claim loop is woken when there is room for more."""
+        before = self._admitted()
+        for endpoint in self.endpoints.endpoint_ids:
+            if endpoint in self.endpoints.unauthorized:
+                continue
+            try:
+                capacity = EndpointCapacity.from_health(await self.gpu.health(endpoint))
+            except RunPodError as exc:
+                self.log.info("capacity.unknown", endpoint_id=endpoint, error=str(exc))
+                continue
+            self.capacity[endpoint] = capacity
+            self.queue.workers[endpoint] = capacity.workers
+        if self._admitted() > before:
+            self._wake.set()
 
     async def _probe_paused_endpoints_forever(self) -> None:
         """An endpoint that refused our key is asked again now and then; it resumes once it

@@ -203,6 +203,13 @@ class WorkerFailure:
         return cls(message, bool(data.get("retryable", True)))
 
 
+@dataclass
+class RequestTally:
+    """Counts the HTTP requests one logical call made (its retries included)."""
+
+    requests: int = 0
+
+
 # The fair-share identity of batches that belong to no user (made with the anon or the
 # service-role key): they share one per-user cap.
 NOBODY = UUID(int=0)

@@ -12,7 +12,7 @@ import asyncio
 from typing import Any, Protocol
 from uuid import UUID
 
-from dispatcher.domain import ClaimedJob, JobStatus, ReusableImage, RunPodState, Success
+from dispatcher.domain import ClaimedJob, JobStatus, RequestTally, ReusableImage, RunPodState, Success
 
 
 class JobStore(Protocol):
@@ -23,7 +23,7 @@ class JobStore(Protocol):
 
     async def mark_submitted(self, job_id: UUID, runpod_job_id: str, endpoint_id: str) -> bool: ...
 
-    async def mark_running(self, job_id: UUID) -> bool: ...
+    async def mark_running(self, job_id: UUID, queue_s: float | None = None) -> bool: ...
 
     async def defer(self, job_id: UUID, reason: str, delay_s: float) -> bool: ...
 
@@ -56,7 +56,9 @@ class GpuEndpoint(Protocol):
 
     async def submit(self, endpoint_id: str, payload: dict[str, Any]) -> str: ...
 
-    async def status(self, endpoint_id: str, job_id: str) -> RunPodState: ...
+    async def status(
+        self, endpoint_id: str, job_id: str, tally: RequestTally | None = None
+    ) -> RunPodState: ...
 
     async def health(self, endpoint_id: str) -> dict[str, Any]: ...
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import structlog
 
@@ -23,6 +24,7 @@ from dispatcher.domain import (
     ClaimedJob,
     DispatchError,
     JobStatus,
+    RequestTally,
     ReusableImage,
     RunPodError,
     RunPodJobGone,
@@ -46,7 +48,7 @@ from dispatcher.metrics import (
     RESUBMISSIONS,
     STATUS_POLLS_PER_JOB,
 )
-from dispatcher.polling import FixedSchedule, LatencyModel, PollSchedule
+from dispatcher.polling import FixedSchedule, LatencyModel, PollSchedule, QueueView
 from dispatcher.ports import GpuEndpoint, JobStore, ObjectStorage
 from dispatcher.settings import DispatcherSettings
 from dispatcher.webhook import webhook_url
@@ -74,10 +76,13 @@ class JobRun:
     runpod_job_id: str | None = None
     polls: int = 0
     submitted_at: float = 0.0
-    hint: asyncio.Event = field(default_factory=asyncio.Event)
+    hint: asyncio.Event = field(default_factory=asyncio.Event)  # poll now (or read the webhook)
+    replan: asyncio.Event = field(default_factory=asyncio.Event)  # its expected start changed
+    expected_start: float | None = None  # monotonic; when the QueueView says it (will have) started
     webhook_state: RunPodState | None = None
     lost: bool = False
     maybe_submitted: bool = False  # a submission whose RunPod id we never learnt may exist
+    marked_running: bool = False
 
     @classmethod
     def claimed(cls, job: ClaimedJob) -> JobRun:
@@ -88,6 +93,7 @@ class JobRun:
             job.runpod_endpoint_id,
             job.runpod_job_id,
             maybe_submitted=job.previous_status != JobStatus.QUEUED and job.runpod_job_id is None,
+            marked_running=job.previous_status == JobStatus.RUNNING,
         )
 
 
@@ -101,7 +107,9 @@ class JobRunner:
     storage: ObjectStorage
     endpoints: EndpointPool
     model: LatencyModel
+    queue: QueueView
     wake: Callable[[], None]  # a slot may be free, or a job went back to the queue
+    started_elsewhere: Callable[[UUID, float], None]  # a waiting job took a worker that freed
 
     async def run(self, run: JobRun) -> None:
         structlog.contextvars.bind_contextvars(
@@ -127,6 +135,9 @@ class JobRunner:
             log.exception("job.internal_error")
             with contextlib.suppress(StoreUnavailable):
                 await self._fail(run, f"internal error: {type(error).__name__}: {error}", True)
+        finally:
+            if run.endpoint_id is not None:
+                self.queue.forget(run.endpoint_id, run.job.id)
 
     async def _run_on_runpod(self, run: JobRun) -> RunPodState:
         """Submit (or resume) until RunPod finishes the job; resubmissions are counted and explained."""
@@ -134,7 +145,7 @@ class JobRunner:
             if run.runpod_job_id is None:
                 if run.maybe_submitted:  # a dead dispatcher's, or one whose answer was lost
                     if (state := await self._await_lost_submission(run)) is not None:
-                        return state
+                        return self._finished(run, state)
                     await self._resubmit(run, "a submission's answer was lost")
                 await self._submit(run)
                 if run.runpod_job_id is None:
@@ -166,6 +177,9 @@ class JobRunner:
             return
         self.endpoints.succeeded(endpoint)
         run.endpoint_id, run.runpod_job_id, run.submitted_at = endpoint, runpod_job_id, time.monotonic()
+        idle = self.queue.idle_workers(endpoint) > 0
+        self.queue.submitted(endpoint, job.id, run.submitted_at, idle_worker=idle)
+        run.expected_start = run.submitted_at if idle else None
         if not await self.store.mark_submitted(job.id, runpod_job_id, endpoint):
             raise LostJob
         INSERT_TO_SUBMIT.observe((datetime.now(UTC) - job.created_at).total_seconds())
@@ -210,7 +224,9 @@ class JobRunner:
         if numbers is None:
             raise LostJob
         run.attempt, run.submission = numbers
-        run.runpod_job_id = run.endpoint_id = run.webhook_state = None
+        if run.endpoint_id is not None:
+            self.queue.forget(run.endpoint_id, run.job.id)
+        run.runpod_job_id = run.endpoint_id = run.webhook_state = run.expected_start = None
         run.maybe_submitted = False
         RESUBMISSIONS.labels(reason=reason).inc()
         log.warning("job.resubmitted", attempt=run.attempt, submission=run.submission, reason=reason)
@@ -225,17 +241,19 @@ class JobRunner:
             + self.settings.execution_timeout_seconds
         )
         delay = schedule.first_delay()
-        marked_running = run.job.previous_status == JobStatus.RUNNING
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run.hint.wait(), max(delay, 0.0))
-            run.hint.clear()
+            replanned = await _woken(run, delay)
             if run.lost:
                 raise LostJob
             if run.webhook_state is not None and run.webhook_state.finished:
-                return run.webhook_state
+                return self._finished(run, run.webhook_state)
+            if replanned:  # a worker freed: it most likely took this job, so look accordingly
+                schedule.expected_start = run.expected_start
+                delay = schedule.first_delay() if schedule.polls == 0 else schedule.delay_while_queued(_now())
+                continue
+            tally = RequestTally()
             try:
-                state = await self.gpu.status(run.endpoint_id, run.runpod_job_id)
+                state = await self.gpu.status(run.endpoint_id, run.runpod_job_id, tally)
             except RunPodUnauthorized as exc:  # the job runs on; ask again once the key works
                 self.endpoints.pause(run.endpoint_id, str(exc))
                 delay = self.settings.endpoint_probe_seconds
@@ -243,29 +261,71 @@ class JobRunner:
             except RunPodRejected:  # it would run on, and bill, with nobody waiting for it
                 await self.cancel_on_runpod(run)
                 raise
-            run.polls += 1
+            finally:
+                run.polls += tally.requests  # every request sent, answered or not
             if state.finished:
-                self.model.learn(run.job.size_key, state)
-                return state
-            if state.status == RunPodStatus.IN_PROGRESS and not marked_running:
-                await self.store.mark_running(run.job.id)
-                marked_running = True
+                return self._finished(run, state)
+            if state.status == RunPodStatus.IN_PROGRESS:
+                self._started(run, state)
+                if not run.marked_running:
+                    await self._mark_running(run, state)
+            elif state.status == RunPodStatus.IN_QUEUE and run.expected_start is None:
+                expected = self.model.expected(run.job.size_key)
+                run.expected_start = self.queue.estimated_start(
+                    run.endpoint_id, run.job.id, expected.execution_s, _now()
+                )
+                schedule.expected_start = run.expected_start
             if time.monotonic() > budget_ends:
                 log.warning("job.over_budget", runpod_job_id=run.runpod_job_id)
                 await self.cancel_on_runpod(run)
                 raise RunPodUnavailable("the job exceeded its time budget on RunPod and was cancelled")
             delay = schedule.next_delay(state)
 
+    def _started(self, run: JobRun, state: RunPodState) -> float | None:
+        """When the worker took the job, from RunPod's delayTime; recorded in the QueueView."""
+        if state.delay_ms is None or run.endpoint_id is None:
+            return None
+        started = run.submitted_at + state.delay_ms / 1000
+        self.queue.started(run.endpoint_id, run.job.id, started)
+        return started
+
+    def _finished(self, run: JobRun, state: RunPodState) -> RunPodState:
+        """Learn from a finished job, whoever reported it, and tell the job that took its worker."""
+        self.model.learn(run.job.size_key, state)
+        started = self._started(run, state)
+        if run.endpoint_id is not None:
+            ended = (
+                _now()
+                if started is None or state.execution_ms is None
+                else started + state.execution_ms / 1000
+            )
+            successor = self.queue.finished(run.endpoint_id, run.job.id, ended)
+            if successor is not None:
+                self.started_elsewhere(successor, ended)
+        return state
+
+    async def _mark_running(self, run: JobRun, state: RunPodState) -> None:
+        queue_s = None if state.delay_ms is None else state.delay_ms / 1000
+        await self.store.mark_running(run.job.id, queue_s)
+        run.marked_running = True
+
     def _schedule(self, run: JobRun) -> PollSchedule:
         submitted_at = run.submitted_at or time.monotonic()
         if (interval := self.settings.fixed_poll_interval_seconds) is not None:
             return FixedSchedule(self.model, run.job.size_key, submitted_at, interval_s=interval)
         return PollSchedule(
-            self.model, run.job.size_key, submitted_at, webhook=bool(self.settings.webhook_public_url)
+            self.model,
+            run.job.size_key,
+            submitted_at,
+            webhook=bool(self.settings.webhook_public_url),
+            expected_start=run.expected_start,
         )
 
     async def _settle(self, run: JobRun, state: RunPodState) -> None:
         job, seen = run.job, time.monotonic()
+        if not run.marked_running and state.delay_ms is not None and state.execution_ms is not None:
+            # It ran (a webhook, or a first look that found it finished, says so only now).
+            await self._mark_running(run, state)
         if state.status == RunPodStatus.FAILED:
             failure = WorkerFailure.parse(state.error)
             await self._fail(run, failure.message, failure.retryable)
@@ -380,3 +440,21 @@ def _reported(output: dict[str, Any], name: str) -> int | None:
     """A number the worker reported, or None if it reported none (or something else)."""
     value = output.get(name)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+async def _woken(run: JobRun, delay: float) -> bool:
+    """Wait ``delay`` seconds, less if hinted (poll now) or replanned: True for a replan only."""
+    waiters = [asyncio.ensure_future(run.hint.wait()), asyncio.ensure_future(run.replan.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=max(delay, 0.0), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    replanned = run.replan.is_set() and not run.hint.is_set()
+    run.hint.clear()
+    run.replan.clear()
+    return replanned

@@ -24,6 +24,7 @@ from tenacity import (
 )
 
 from dispatcher.domain import (
+    RequestTally,
     RunPodJobGone,
     RunPodOutcomeUnknown,
     RunPodRejected,
@@ -73,9 +74,10 @@ class RunPodClient:
         data = await self._retrying((RunPodUnavailable,), endpoint_id, "POST", "run", payload)
         return str(data["id"])
 
-    async def status(self, endpoint_id: str, job_id: str) -> RunPodState:
+    async def status(self, endpoint_id: str, job_id: str, tally: RequestTally | None = None) -> RunPodState:
+        """The job's state; ``tally`` counts every request sent for it, retries included."""
         idempotent = (RunPodUnavailable, RunPodOutcomeUnknown)
-        data = await self._retrying(idempotent, endpoint_id, "GET", f"status/{job_id}")
+        data = await self._retrying(idempotent, endpoint_id, "GET", f"status/{job_id}", tally=tally)
         state = RunPodState.from_json(data)
         if _is_unknown_job(state):
             raise RunPodJobGone(f"RunPod status: {state.error}")
@@ -96,6 +98,7 @@ class RunPodClient:
         method: str,
         path: str,
         body: Any = None,
+        tally: RequestTally | None = None,
     ) -> dict[str, Any]:
         """One RunPod call, retried on the named errors only."""
         policy, backoff = self._policy, self._backoff
@@ -112,13 +115,17 @@ class RunPodClient:
             retry=retry_if_exception_type(retry_on),
             reraise=True,
         )
-        result: dict[str, Any] = await retrying(self._call, endpoint_id, method, path, body)
+        result: dict[str, Any] = await retrying(self._call, endpoint_id, method, path, body, tally)
         return result
 
-    async def _call(self, endpoint_id: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    async def _call(
+        self, endpoint_id: str, method: str, path: str, body: Any = None, tally: RequestTally | None = None
+    ) -> dict[str, Any]:
         if (pause := self._paused_until.get(endpoint_id, 0.0) - time.monotonic()) > 0:
             await asyncio.sleep(pause)  # the whole endpoint backs off after a 429
         route = path.split("/")[0]
+        if tally is not None:
+            tally.requests += 1
         try:
             response = await self._http.request(
                 method, f"{self._base_url}/{endpoint_id}/{path}", json=body, headers=self._headers

@@ -47,6 +47,20 @@ class DispatcherSettings(DatabaseSettings):
         gt=0,
         description="how often an endpoint that refused the API key (401/403) is asked again",
     )
+    admission: Literal["capacity", "fixed"] = Field(
+        default="capacity",
+        description="capacity: keep submitted one job per RunPod worker (running, idle, initializing) plus "
+        "ADMISSION_QUEUE_DEPTH per endpoint, the rest queued in Postgres; fixed: submit up to MAX_IN_FLIGHT",
+    )
+    admission_queue_depth: int = Field(
+        default=1,
+        ge=0,
+        description="jobs kept waiting in each endpoint's RunPod queue beyond its workers: the demand "
+        "RunPod's autoscaler sees, and how many a newcomer's job waits behind",
+    )
+    capacity_poll_seconds: float = Field(
+        default=1.0, gt=0, description="how often each endpoint's /health is read for admission"
+    )
     reuse_seeded_images: bool = True
     fixed_poll_interval_seconds: float | None = Field(
         default=None,

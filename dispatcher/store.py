@@ -80,8 +80,9 @@ class PostgresJobStore:
         """Hand an unsubmitted job back to the queue, its attempt not counted."""
         return await self._changed("defer", id=job_id, reason=reason, delay_s=delay_s)
 
-    async def mark_running(self, job_id: UUID) -> bool:
-        return await self._changed("mark_running", id=job_id)
+    async def mark_running(self, job_id: UUID, queue_s: float | None = None) -> bool:
+        """Record that a worker took the job, ``queue_s`` after its submission (if known)."""
+        return await self._changed("mark_running", id=job_id, queue_s=queue_s)
 
     async def resubmit(self, job_id: UUID, reason: str) -> tuple[int, int] | None:
         """Start a new attempt; returns its number and the submission's, or None if this

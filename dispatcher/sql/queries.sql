@@ -107,9 +107,12 @@ select s.id,
         offset 0) s;
 
 -- name: mark_running
+-- started_at is when the worker took the job: RunPod's delayTime after the submission when it
+-- is known (a webhook or a poll that found the job finished reports it late), else now.
 with updated as (
     update public.image_jobs
-       set status = 'running', started_at = now()
+       set status = 'running',
+           started_at = least(now(), coalesce(submitted_at + make_interval(secs => %(queue_s)s::float8), now()))
      where id = %(id)s and lease_owner = %(owner)s and status = 'submitted'
     returning id, batch_id
 )

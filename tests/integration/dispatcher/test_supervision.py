@@ -21,7 +21,13 @@ async def test_healthz_lists_every_loop_and_turns_503_naming_one_that_gave_up(
             transport=httpx.ASGITransport(app=service.app()), base_url="http://dispatcher"
         )
         health = (await http.get("/healthz")).json()
-        assert set(health["tasks"]) == {"claim-loop", "lease-renewer", "endpoint-prober", "wakeup-postgres"}
+        assert set(health["tasks"]) == {
+            "claim-loop",
+            "lease-renewer",
+            "endpoint-prober",
+            "capacity-watcher",
+            "wakeup-postgres",
+        }
         assert {task["state"] for task in health["tasks"].values()} == {"running"}
 
         async def broken() -> None:

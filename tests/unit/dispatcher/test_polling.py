@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dispatcher.domain import RunPodState, RunPodStatus
-from dispatcher.polling import FixedSchedule, LatencyModel, PollSchedule
+from dispatcher.polling import FixedSchedule, LatencyModel, PollSchedule, QueueView, queued_start
 
 KEY = ("basic", 1024, 576)
 
@@ -16,16 +16,17 @@ def completed(queue_ms: int, execution_ms: int) -> RunPodState:
 
 def test_before_anything_is_learnt_the_first_look_comes_when_the_job_may_have_left_the_queue() -> None:
     model = LatencyModel(default_queue_s=0.5, default_execution_s=3.0)
-    assert PollSchedule(model, KEY, submitted_at=0.0).first_delay() == pytest.approx(0.5)
+    assert PollSchedule(model, KEY, submitted_at=0.0).first_delay(now=0.0) == pytest.approx(0.5)
 
 
-def test_after_learning_the_first_look_comes_when_progress_can_be_read() -> None:
+def test_after_learning_the_first_look_comes_when_the_job_has_most_likely_finished() -> None:
     model = LatencyModel(weight=0.5)
     model.learn(KEY, completed(200, 2000))
     model.learn(KEY, completed(400, 4000))
     expected = model.expected(KEY)
     assert (expected.queue_s, expected.execution_s, expected.samples) == pytest.approx((0.3, 3.0, 2))
-    assert PollSchedule(model, KEY, submitted_at=0.0).first_delay() == pytest.approx(0.3 + 0.9)
+    # fewer than four executions seen: their average stands for the late quantile
+    assert PollSchedule(model, KEY, submitted_at=0.0).first_delay(now=0.0) == pytest.approx(0.3 + 3.0)
     assert model.expected(("high", 1024, 1024)).samples == 0, "each size learns on its own"
 
 
@@ -35,14 +36,15 @@ def test_failures_teach_nothing() -> None:
     assert model.expected(KEY).samples == 0
 
 
-def test_a_queued_job_is_polled_less_and_less_often_up_to_a_cap() -> None:
+def test_a_queued_job_with_no_estimate_is_polled_less_often_but_at_least_once_an_execution() -> None:
     model = LatencyModel()
     model.learn(KEY, completed(1000, 2000))
     schedule = PollSchedule(model, KEY, submitted_at=0.0)
     delays = [schedule.next_delay(RunPodState("rp", RunPodStatus.IN_QUEUE), now=0.0) for _ in range(12)]
     assert delays == sorted(delays)
     assert delays[0] == pytest.approx(1.6)
-    assert delays[-1] == 15.0
+    # a worker may free at any moment: a waiting job is never left unseen for longer than a run
+    assert delays[-1] == pytest.approx(2.0)
 
 
 def test_a_running_job_is_polled_just_after_the_finish_its_progress_predicts() -> None:
@@ -71,7 +73,7 @@ def test_past_the_prediction_it_polls_briskly() -> None:
 def test_with_a_webhook_polling_is_only_a_late_safety_net() -> None:
     model = LatencyModel()
     model.learn(KEY, completed(100, 2000))
-    assert PollSchedule(model, KEY, submitted_at=0.0, webhook=True).first_delay() == pytest.approx(9.1)
+    assert PollSchedule(model, KEY, submitted_at=0.0, webhook=True).first_delay(now=0.0) == pytest.approx(9.1)
 
 
 def test_the_old_services_plan_polls_at_a_fixed_interval_whatever_it_learnt() -> None:
@@ -80,3 +82,55 @@ def test_the_old_services_plan_polls_at_a_fixed_interval_whatever_it_learnt() ->
     schedule = FixedSchedule(model, KEY, submitted_at=0.0, interval_s=3.0)
     assert schedule.first_delay() == 3.0
     assert schedule.next_delay(RunPodState("rp", RunPodStatus.IN_QUEUE), now=1.0) == 3.0
+
+
+def test_the_first_look_uses_the_late_quantile_of_recent_executions() -> None:
+    model = LatencyModel()
+    for execution_ms in (1000, 2000, 3000, 4000, 5000):
+        model.learn(KEY, completed(0, execution_ms))
+    # the 0.8-quantile of five: the fifth, 5 s; a job known to have started at 10 s
+    schedule = PollSchedule(model, KEY, submitted_at=9.0, expected_start=10.0)
+    assert schedule.first_delay(now=9.0) == pytest.approx(1.0 + 5.0)
+    assert PollSchedule(model, KEY, submitted_at=9.0, finish_quantile=0.2).first_delay(now=9.0) == (
+        pytest.approx(0.0 + 2.0)
+    )
+
+
+def test_a_webhook_teaches_the_model_as_a_poll_does() -> None:
+    model = LatencyModel()
+    webhook = RunPodState.from_json(
+        {"id": "rp", "status": "COMPLETED", "delayTime": 300, "executionTime": 1500}
+    )
+    model.learn(KEY, webhook)
+    assert (model.expected(KEY).queue_s, model.expected(KEY).execution_s) == pytest.approx((0.3, 1.5))
+
+
+def test_a_queued_job_with_an_expected_start_is_looked_at_once_it_has_most_likely_run() -> None:
+    model = LatencyModel()
+    model.learn(KEY, completed(0, 2000))
+    schedule = PollSchedule(model, KEY, submitted_at=0.0, expected_start=5.0)
+    assert schedule.next_delay(RunPodState("rp", RunPodStatus.IN_QUEUE), now=4.0) == pytest.approx(3.0)
+
+
+def test_the_queue_start_estimate_is_the_place_times_the_execution_over_the_workers() -> None:
+    assert queued_start(place=0, workers=3, execution_s=3.0, now=10.0) == pytest.approx(11.0)
+    assert queued_start(place=5, workers=3, execution_s=3.0, now=10.0) == pytest.approx(16.0)
+    assert queued_start(place=2, workers=0, execution_s=3.0, now=0.0) == pytest.approx(9.0)
+
+
+def test_a_finished_job_hands_its_worker_to_the_oldest_waiting_job() -> None:
+    view = QueueView(workers={"ep": 2})
+    view.submitted("ep", "a", at=0.0, idle_worker=True)
+    view.submitted("ep", "b", at=0.1, idle_worker=True)
+    view.submitted("ep", "c", at=0.2)
+    view.submitted("ep", "d", at=0.3)
+    assert view.idle_workers("ep") == 0
+    assert view.estimated_start("ep", "d", execution_s=2.0, now=1.0) == pytest.approx(1.0 + 2 * 2.0 / 2)
+    assert view.estimated_start("ep", "a", execution_s=2.0, now=1.0) is None, "a has started"
+    assert view.finished("ep", "b", at=1.8) == "c"
+    assert view.started_at("ep", "c") == pytest.approx(1.8)
+    assert view.finished("ep", "a", at=2.1) == "d"
+    assert view.finished("ep", "c", at=3.0) is None, "nobody is waiting any more"
+    # a job submitted after a worker freed did not take that worker's place
+    view.submitted("ep", "e", at=5.0)
+    assert view.finished("ep", "d", at=4.0) is None

@@ -1,0 +1,58 @@
+"""GPU-aware admission: how many jobs to keep submitted to RunPod, from its live capacity.
+
+Jobs not yet submitted stay queued in Postgres, where the claim's fairness between users,
+cancellation and failover still apply; RunPod's own queue is one FIFO for everyone. So the
+dispatcher keeps at most, per endpoint, one job per worker that can run one (running, idle
+or initializing, as the endpoint's /health reports them) plus ``queue_depth`` waiting.
+
+The trade-off is the queue depth. RunPod's autoscaler adds workers when requests wait in the
+endpoint's queue, so a queue it can see is the only way to ask for more GPUs: with depth 0 an
+endpoint scaled to zero would never wake, and one at N workers would never grow. Every job
+waiting there, though, is a job a newcomer's request waits behind: a user asking for one image
+while another has a hundred queued waits for one execution time plus ``queue_depth`` of them.
+The default, 1, keeps both: demand is always visible, and a worker that frees finds its next
+job already there (no round trip to the dispatcher between two jobs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EndpointCapacity:
+    """What an endpoint's /health says about its workers and queue."""
+
+    idle: int = 0
+    running: int = 0
+    initializing: int = 0
+    in_queue: int = 0
+    in_progress: int = 0
+
+    @classmethod
+    def from_health(cls, health: dict[str, Any]) -> EndpointCapacity:
+        workers, jobs = health.get("workers") or {}, health.get("jobs") or {}
+
+        def count(source: dict[str, Any], name: str) -> int:
+            value = source.get(name, 0)
+            return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+        return cls(
+            idle=count(workers, "idle"),
+            running=count(workers, "running"),
+            initializing=count(workers, "initializing"),
+            in_queue=count(jobs, "inQueue"),
+            in_progress=count(jobs, "inProgress"),
+        )
+
+    @property
+    def workers(self) -> int:
+        """Workers that run jobs now (running or idle)."""
+        return self.running + self.idle
+
+
+def admitted(capacities: list[EndpointCapacity], queue_depth: int) -> int:
+    """How many jobs to keep submitted over these endpoints: a job for every worker that can
+    take one soon (running, idle, initializing) and ``queue_depth`` more per endpoint."""
+    return sum(c.workers + c.initializing + queue_depth for c in capacities)

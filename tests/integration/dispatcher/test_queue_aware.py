@@ -1,0 +1,98 @@
+"""Queue-aware completion and GPU-aware admission: what the dispatcher keeps at RunPod, in
+what order users get workers, that every row passes through `running`, and that
+`status_polls` counts every request. Structural properties, not timings."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+
+from devstack.postgres import free_port
+from devstack.servers import LoopbackServer
+from tests.integration.dispatcher.conftest import (
+    ENDPOINTS,
+    USER_A,
+    USER_B,
+    Cloud,
+    DispatcherFactory,
+    events_of,
+    insert_batch,
+    jobs_of,
+    wait_for_batch,
+)
+
+
+async def test_only_the_workers_and_a_small_queue_are_submitted_the_rest_waits_in_postgres(
+    database_url: str, cloud: Cloud, dispatcher: DispatcherFactory
+) -> None:
+    cloud.add_workers(count=2, seconds="0.2")
+    seen_in_queue: list[int] = []
+    async with dispatcher(admission_queue_depth=1, capacity_poll_seconds=0.2):
+        batch = await insert_batch(database_url, [f"admitted {n}" for n in range(12)])
+        waiting = asyncio.create_task(wait_for_batch(database_url, batch))
+        while not waiting.done():
+            seen_in_queue.append(cloud.platform.health(ENDPOINTS[0])["jobs"]["inQueue"])
+            await asyncio.sleep(0.02)
+        assert (await waiting)["failed"] == 0
+    # two workers, one more waiting; with everything submitted at once it would have been 10
+    assert max(seen_in_queue) <= 1
+    assert cloud.platform.counters.submits == 12
+
+
+async def test_a_newcomer_waits_behind_the_queue_depth_not_behind_the_other_users_backlog(
+    database_url: str, cloud: Cloud, dispatcher: DispatcherFactory
+) -> None:
+    cloud.add_workers(count=3, seconds="0.3")
+    async with dispatcher(admission_queue_depth=1, capacity_poll_seconds=0.2, max_in_flight_per_user=64):
+        backlog = await insert_batch(database_url, [f"A's scene {n}" for n in range(30)], user_id=USER_A)
+        await asyncio.sleep(0.5)
+        newcomer = await insert_batch(database_url, ["B's one scene"], user_id=USER_B)
+        await wait_for_batch(database_url, newcomer)
+        await wait_for_batch(database_url, backlog)
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        (b_inserted, b_started) = await (
+            await conn.execute(
+                "select created_at, started_at from image_jobs where batch_id = %s", (newcomer,)
+            )
+        ).fetchone() or (None, None)
+        ahead = await (
+            await conn.execute(
+                "select count(*) from image_jobs where batch_id = %s and started_at > %s and started_at < %s",
+                (backlog, b_inserted, b_started),
+            )
+        ).fetchone()
+    assert ahead is not None
+    # B's job starts after at most the jobs already at RunPod: three running, one waiting
+    assert ahead[0] <= 3 + 1
+
+
+async def test_with_a_webhook_every_job_passes_through_running_with_the_workers_start(
+    database_url: str, cloud: Cloud, dispatcher: DispatcherFactory
+) -> None:
+    cloud.add_workers(count=2, seconds="0.05")
+    secret, port = "test-webhook-secret", free_port()
+    async with dispatcher(webhook_public_url=f"http://127.0.0.1:{port}", webhook_secret=secret) as service:
+        server = await LoopbackServer(service.app(), "dispatcher", port=port).start()
+        batch = await insert_batch(database_url, [f"hooked {n}" for n in range(6)])
+        assert (await wait_for_batch(database_url, batch))["failed"] == 0
+        await server.stop()
+    running = [payload for kind, payload in await events_of(database_url, batch) if kind == "running"]
+    assert len(running) == 6
+    for job in await jobs_of(database_url, batch):
+        assert job["submitted_at"] <= job["started_at"] <= job["finished_at"]
+    assert sum(cloud.platform.counters.status_polls.values()) == 0, "the webhook said it all"
+
+
+async def test_status_polls_counts_every_request_sent_retries_included(
+    database_url: str, cloud: Cloud, dispatcher: DispatcherFactory
+) -> None:
+    cloud.add_workers(count=2, seconds="0.1")
+    cloud.platform.faults.update({"rate_5xx": 0.3})
+    async with dispatcher():
+        batch = await insert_batch(database_url, [f"counted {n}" for n in range(8)])
+        assert (await wait_for_batch(database_url, batch, timeout_s=60))["failed"] == 0
+    jobs = await jobs_of(database_url, batch)
+    received = cloud.platform.counters.status_polls
+    assert [job["status_polls"] for job in jobs] == [received[job["runpod_job_id"]] for job in jobs]
+    assert sum(job["status_polls"] for job in jobs) > 0
