@@ -34,6 +34,7 @@ from kernel.schema import apply_migrations, apply_shim
 API_KEY = "rpa_bench"
 ENDPOINT = "bench-endpoint"
 USER = "00000000-0000-4000-8000-00000000b0b0"
+OTHER_USER = "00000000-0000-4000-8000-00000000b0b1"  # the newcomer of the fairness regime
 
 
 @dataclass
@@ -71,8 +72,10 @@ class BenchCloud:
             **overrides,
         }
 
-    def start_workers(self, count: int, seconds: str) -> None:
-        workers = SyntheticWorkers(self.platform, ENDPOINT, count, ExecutionTime.parse(seconds), seed=11)
+    def start_workers(self, count: int, seconds: str, cold_start_s: float = 0.0) -> None:
+        workers = SyntheticWorkers(
+            self.platform, ENDPOINT, count, ExecutionTime.parse(seconds), seed=11, cold_start_s=cold_start_s
+        )
         workers.start()
         self.workers.append(workers)
 
@@ -88,7 +91,7 @@ class BenchCloud:
             apply_shim(conn)
             conn.execute(f"alter database {name} owner to {PROJECT_USER}")
             apply_migrations(conn, role=PROJECT_USER)
-            conn.execute("insert into auth.users (id) values (%s)", (USER,))
+            conn.execute("insert into auth.users (id) values (%s), (%s)", (USER, OTHER_USER))
         return name
 
 

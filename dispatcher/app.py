@@ -12,7 +12,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dispatcher.claiming import Dispatcher
-from dispatcher.metrics import WEBHOOKS_REFUSED
+from dispatcher.domain import StoreUnavailable
+from dispatcher.metrics import WEBHOOKS_ACCEPTED, WEBHOOKS_REFUSED
 from dispatcher.webhook import token_is_valid
 from kernel.bodies import read_body
 from kernel.metrics import metrics
@@ -87,9 +88,17 @@ def webhook_route(dispatcher: Dispatcher) -> Route:
         if outcome == "elsewhere":
             # Another replica may run this job: wake it (it confirms with one status call of
             # its own, so nothing in this body is trusted there).
-            await dispatcher.store.announce_completion(job_id)
+            try:
+                await dispatcher.store.announce_completion(job_id)
+            except StoreUnavailable as exc:  # RunPod retries the delivery; a poll is the net
+                log.warning("webhook.not_forwarded", job_id=str(job_id), error=str(exc))
+                return JSONResponse({"error": "database unavailable"}, status_code=503)
+            WEBHOOKS_ACCEPTED.labels(outcome="forwarded").inc()
+            log.info("webhook.forwarded", job_id=str(job_id), submission=submission)
         elif outcome != "delivered":
             return refuse(409, outcome, job_id=str(job_id), submission=submission)
+        else:
+            WEBHOOKS_ACCEPTED.labels(outcome="delivered").inc()
         return JSONResponse({"received": True})
 
     return Route("/runpod/webhook/{job_id}/{submission}", runpod_webhook, methods=["POST"])

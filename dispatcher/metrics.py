@@ -33,3 +33,8 @@ ENDPOINT_PAUSED = Gauge(
 WEBHOOKS_REFUSED = Counter(
     "zimage_runpod_webhooks_refused_total", "RunPod webhook calls refused, by reason", ["reason"]
 )
+WEBHOOKS_ACCEPTED = Counter(
+    "zimage_runpod_webhooks_accepted_total",
+    "RunPod webhook calls taken: delivered to a job here, or forwarded to the replica running it",
+    ["outcome"],
+)
