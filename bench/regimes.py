@@ -26,6 +26,7 @@ import math
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,8 +87,8 @@ async def run_peer(cloud: BenchCloud, system: str, scenario: Scenario) -> Outcom
         f"{cloud.storage_server.url}/storage/v1",
         cloud.keys.service_role_key,
     )
+    await start_workers(cloud, scenario)
     result, started = PeerResult(), time.time()
-    cloud.start_workers(scenario.workers, EXECUTION, scenario.cold_start_s)
     runs = [asyncio.create_task(peer.run([f"A {n}" for n in range(scenario.prompts)], result))]
     newcomer_at = None
     if scenario.newcomer_after_s is not None:
@@ -98,16 +99,29 @@ async def run_peer(cloud: BenchCloud, system: str, scenario: Scenario) -> Outcom
     return Outcome(started, result.stored_at, result.runpod_ids, newcomer_at)
 
 
-async def run_dispatcher(cloud: BenchCloud, system: str, scenario: Scenario) -> Outcome:
+async def start_workers(cloud: BenchCloud, scenario: Scenario) -> None:
+    """Warm workers are up and polling for work before the clock starts; cold ones start
+    loading their model when it starts (the first demand)."""
+    cloud.start_workers(scenario.workers, EXECUTION, scenario.cold_start_s)
+    if not scenario.cold_start_s:
+        await asyncio.sleep(0.5)
+
+
+async def run_dispatcher(
+    cloud: BenchCloud, system: str, scenario: Scenario, settings: dict[str, str]
+) -> Outcome:
     database = cloud.fresh_database(f"regime_{system}")
     port = free_port()
     extra = {"WEBHOOK_PUBLIC_URL": f"http://127.0.0.1:{port}"} if system == "webhook" else {}
+    if not scenario.cold_start_s:
+        await start_workers(cloud, scenario)
     async with (
-        dispatcher_process(cloud.environment(database, **extra), port),
+        dispatcher_process(cloud.environment(database, **extra, **settings), port),
         await psycopg.AsyncConnection.connect(cloud.postgres.dsn(database), autocommit=True) as conn,
     ):
+        if scenario.cold_start_s:
+            await start_workers(cloud, scenario)
         started = time.time()
-        cloud.start_workers(scenario.workers, EXECUTION, scenario.cold_start_s)
         insert = "insert into image_batches (user_id, prompts) values (%s, %s) returning id"
         await conn.execute(insert, (USER, [f"A {n}" for n in range(scenario.prompts)]))
         newcomer_at, total = None, scenario.prompts
@@ -159,6 +173,7 @@ def measure(cloud: BenchCloud, scenario: Scenario, outcome: Outcome) -> dict[str
         "stored": len(outcome.stored_at),
         "failed": total - len(outcome.stored_at),
         "status_calls": sum(n for (route, _), n in counters.requests.items() if route == "status"),
+        "status_calls_per_job": dict(sorted(Counter(counters.status_polls.values()).items())),
         "gpu_seconds": round(sum(counters.gpu_seconds.values()) + counters.init_seconds, 1),
         "detection_p50_s": round(detection, 3),
         "detection_max_s": round(max(delays, default=0.0), 3),
@@ -169,13 +184,13 @@ def measure(cloud: BenchCloud, scenario: Scenario, outcome: Outcome) -> dict[str
     return result
 
 
-async def run(scenario: Scenario, system: str) -> dict[str, Any]:
+async def run(scenario: Scenario, system: str, settings: dict[str, str]) -> dict[str, Any]:
     async with bench_cloud() as cloud:
         cloud.platform.faults.update(scenario.faults)
         if system in ("old", "render"):
             outcome = await run_peer(cloud, system, scenario)
         else:
-            outcome = await run_dispatcher(cloud, system, scenario)
+            outcome = await run_dispatcher(cloud, system, scenario, settings)
         return measure(cloud, scenario, outcome)
 
 
@@ -209,18 +224,22 @@ async def main() -> None:
     )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument(
+        "--dispatcher-setting", action="append", default=[], metavar="NAME=VALUE", help="e.g. ADMISSION=fixed"
+    )
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.dispatcher_setting)
     report: dict[str, Any] = {}
     for key in args.scenarios.split(","):
         scenario = SCENARIOS[key]
         results = {}
         for system in args.systems.split(","):
-            results[system] = await run(scenario, system)
+            results[system] = await run(scenario, system, settings)
             print(f"({key}) {SYSTEMS[system]:>30}: {results[system]}", file=sys.stderr)
         report[key] = {"scenario": scenario.name, "systems": results, "targets": targets(results, key)}
         for check, met in report[key]["targets"].items():
             print(f"({key}) {'met   ' if met else 'MISSED'} {check}", file=sys.stderr)
-    print(json.dumps({"bench": "regimes", "execution": EXECUTION, "scenarios": report}))
+    print(json.dumps({"bench": "regimes", "execution": EXECUTION, "settings": settings, "scenarios": report}))
 
 
 if __name__ == "__main__":

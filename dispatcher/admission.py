@@ -10,8 +10,10 @@ endpoint's queue, so a queue it can see is the only way to ask for more GPUs: wi
 endpoint scaled to zero would never wake, and one at N workers would never grow. Every job
 waiting there, though, is a job a newcomer's request waits behind: a user asking for one image
 while another has a hundred queued waits for one execution time plus ``queue_depth`` of them.
-The default, 1, keeps both: demand is always visible, and a worker that frees finds its next
-job already there (no round trip to the dispatcher between two jobs).
+The default keeps both: demand is always visible, and a worker that frees finds its next job
+already there, without waiting for the dispatcher to notice the finish and submit another.
+With a webhook a finish is known within milliseconds, so one waiting job is enough; when
+polling it is seen later (bench/regimes.py measures it), so two wait.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from dispatcher.metrics import JOBS_IN_FLIGHT
 from dispatcher.polling import LatencyModel, QueueView
 from dispatcher.ports import GpuEndpoint, JobStore, ObjectStorage
 from dispatcher.runner import JobRun, JobRunner
-from dispatcher.settings import DispatcherSettings
+from dispatcher.settings import DispatcherSettings, queue_depth
 
 log = structlog.get_logger("dispatcher")
 
@@ -182,7 +182,7 @@ class Dispatcher:
         ]
         if self.settings.admission == "fixed" or not usable:
             return self.settings.max_in_flight
-        return admitted(usable, self.settings.admission_queue_depth)
+        return admitted(usable, queue_depth(self.settings))
 
     async def _watch_capacity_forever(self) -> None:
         if self.settings.admission != "capacity":

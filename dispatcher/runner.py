@@ -179,7 +179,14 @@ class JobRunner:
         run.endpoint_id, run.runpod_job_id, run.submitted_at = endpoint, runpod_job_id, time.monotonic()
         idle = self.queue.idle_workers(endpoint) > 0
         self.queue.submitted(endpoint, job.id, run.submitted_at, idle_worker=idle)
-        run.expected_start = run.submitted_at if idle else None
+        # A worker free: it starts now. Else it waits its turn: when a worker frees for it (the
+        # QueueView replans it then), or, failing that, by its place in the queue.
+        execution_s = self.model.expected(job.size_key).execution_s
+        run.expected_start = (
+            run.submitted_at
+            if idle
+            else self.queue.estimated_start(endpoint, job.id, execution_s, run.submitted_at)
+        )
         if not await self.store.mark_submitted(job.id, runpod_job_id, endpoint):
             raise LostJob
         INSERT_TO_SUBMIT.observe((datetime.now(UTC) - job.created_at).total_seconds())
@@ -318,6 +325,7 @@ class JobRunner:
             run.job.size_key,
             submitted_at,
             webhook=bool(self.settings.webhook_public_url),
+            finish_quantile=self.settings.poll_finish_quantile,
             expected_start=run.expected_start,
         )
 

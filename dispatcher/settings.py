@@ -52,14 +52,22 @@ class DispatcherSettings(DatabaseSettings):
         description="capacity: keep submitted one job per RunPod worker (running, idle, initializing) plus "
         "ADMISSION_QUEUE_DEPTH per endpoint, the rest queued in Postgres; fixed: submit up to MAX_IN_FLIGHT",
     )
-    admission_queue_depth: int = Field(
-        default=1,
+    admission_queue_depth: int | None = Field(
+        default=None,
         ge=0,
         description="jobs kept waiting in each endpoint's RunPod queue beyond its workers: the demand "
-        "RunPod's autoscaler sees, and how many a newcomer's job waits behind",
+        "RunPod's autoscaler sees, and how many a newcomer's job waits behind; default 1 with a webhook, "
+        "2 when polling (a polled finish is seen later: the next job must already be waiting)",
     )
     capacity_poll_seconds: float = Field(
         default=1.0, gt=0, description="how often each endpoint's /health is read for admission"
+    )
+    poll_finish_quantile: float = Field(
+        default=0.8,
+        gt=0,
+        lt=1,
+        description="adaptive polling: a running job is first looked at once this share of recent jobs "
+        "of its size had finished (higher: fewer calls that find it still running, later detection)",
     )
     reuse_seeded_images: bool = True
     fixed_poll_interval_seconds: float | None = Field(
@@ -82,6 +90,13 @@ class DispatcherSettings(DatabaseSettings):
                 raise ValueError("give at least one endpoint id")
             return ids
         return value
+
+
+def queue_depth(settings: DispatcherSettings) -> int:
+    """ADMISSION_QUEUE_DEPTH, or its default for the way completions are learnt."""
+    if settings.admission_queue_depth is not None:
+        return settings.admission_queue_depth
+    return 1 if settings.webhook_public_url else 2
 
 
 def load_dispatcher_settings() -> DispatcherSettings:
