@@ -4,7 +4,11 @@ service's fixed 3 s polling, measured side by side in one run. Execution times a
 uniformly between 1 and 5 s; the synthetic workers report step progress as the real worker
 does. Prints one JSON object on its last line.
 
-    python bench/completion.py [--jobs 40]
+By default every job has a worker of its own, which measures detection alone. The queued
+variant, ``--workers 4``, gives the jobs fewer workers than there are of them, so most wait in
+RunPod's queue (or, with capacity admission, in Postgres) first: the common case.
+
+    python bench/completion.py [--jobs 40] [--workers N]
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ async def measure(cloud: BenchCloud, mode: str, jobs: int) -> dict[str, object]:
             (USER, [f"completion {n}" for n in range(jobs)]),
         )
         rows: list[tuple[str, float, int]] = []
-        for _ in range(300):
+        for _ in range(3000):
             rows = await (
                 await conn.execute(
                     "select runpod_job_id, extract(epoch from finished_at)::float8, status_polls"
@@ -81,9 +85,10 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--jobs", type=int, default=40, help="jobs per mode (default 40)")
+    parser.add_argument("--workers", type=int, help="synthetic workers (default: one per job)")
     args = parser.parse_args()
     async with bench_cloud() as cloud:
-        cloud.start_workers(args.jobs, "uniform:1:5")
+        cloud.start_workers(args.workers or args.jobs, "uniform:1:5")
         results = [await measure(cloud, mode, args.jobs) for mode in MODES]
     for result in results:
         print(
@@ -92,7 +97,12 @@ async def main() -> None:
             f"{result['status_calls_per_job_mean']} status calls per job",
             file=sys.stderr,
         )
-    print(json.dumps({"bench": "completion", "execution_s": "uniform 1..5", "modes": results}))
+    workers = args.workers or args.jobs
+    print(
+        json.dumps(
+            {"bench": "completion", "execution_s": "uniform 1..5", "workers": workers, "modes": results}
+        )
+    )
 
 
 if __name__ == "__main__":

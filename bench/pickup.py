@@ -48,6 +48,7 @@ async def measure(
             SWEEP_INTERVAL_SECONDS=str(sweep_s),
             MAX_IN_FLIGHT="4096",
             MAX_IN_FLIGHT_PER_USER="4096",
+            ADMISSION="fixed",  # insert to /run, nothing held back: the wake-up path is measured
             **overrides,
         )
         return await _pickup(cloud, database, environment, mode, rate, seconds)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
 import json
 import math
 import statistics
@@ -160,16 +161,24 @@ def measure(cloud: BenchCloud, scenario: Scenario, outcome: Outcome) -> dict[str
         for index, runpod_id in outcome.runpod_ids.items()
         if index in outcome.stored_at and runpod_id in counters.finished_at
     ]
-    executions = [
+    stored_ids = {runpod_id for index, runpod_id in outcome.runpod_ids.items() if index in outcome.stored_at}
+    executions = [  # in submission order (the platform's jobs are kept in that order)
         (job.finished_at or 0.0) - (job.started_at or 0.0)
-        for index, runpod_id in outcome.runpod_ids.items()
-        if index in outcome.stored_at and (job := platform.jobs.get(runpod_id)) is not None
+        for runpod_id, job in platform.jobs.items()
+        if runpod_id in stored_ids
     ]
     detection = statistics.median(delays) if delays else 0.0
     ideal = scenario.cold_start_s + sum(executions) / scenario.workers + detection
+    # What no online FIFO scheduler can beat without knowing durations: the same executions in
+    # submission order, each on the first worker free, with no delay between them.
+    free = [scenario.cold_start_s] * scenario.workers
+    for execution in executions:
+        heapq.heappush(free, heapq.heappop(free) + execution)
+    fifo_ideal = max(free) + detection
     result: dict[str, Any] = {
         "makespan_s": round(max(outcome.stored_at.values(), default=outcome.started) - outcome.started, 2),
         "ideal_s": round(ideal, 2),
+        "fifo_ideal_s": round(fifo_ideal, 2),
         "stored": len(outcome.stored_at),
         "failed": total - len(outcome.stored_at),
         "status_calls": sum(n for (route, _), n in counters.requests.items() if route == "status"),

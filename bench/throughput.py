@@ -62,7 +62,10 @@ def cpu_now(cloud: BenchCloud, dispatcher: DispatcherProcess) -> dict[str, float
 async def throughput(cloud: BenchCloud, images: int, mode: str) -> dict[str, float]:
     """Completion by polling (no public URL, the default) or by webhook."""
     database, port = cloud.fresh_database(f"throughput_{mode}"), free_port()
-    environment = cloud.environment(database, MAX_IN_FLIGHT="512", MAX_IN_FLIGHT_PER_USER="512")
+    # The dispatcher's own cost at a fixed number in flight (admission is regimes.py's subject).
+    environment = cloud.environment(
+        database, MAX_IN_FLIGHT="512", MAX_IN_FLIGHT_PER_USER="512", ADMISSION="fixed"
+    )
     if mode == "webhook":
         environment["WEBHOOK_PUBLIC_URL"] = f"http://127.0.0.1:{port}"
     cloud.start_workers(64, "0")
@@ -91,7 +94,7 @@ async def memory_in_flight(cloud: BenchCloud, in_flight: int) -> dict[str, float
     """No workers: every submitted job stays on RunPod's queue, held and polled by the dispatcher."""
     database = cloud.fresh_database("in_flight")
     environment = cloud.environment(
-        database, MAX_IN_FLIGHT=str(in_flight), MAX_IN_FLIGHT_PER_USER=str(in_flight)
+        database, MAX_IN_FLIGHT=str(in_flight), MAX_IN_FLIGHT_PER_USER=str(in_flight), ADMISSION="fixed"
     )
     async with (
         dispatcher_process(environment) as dispatcher,

@@ -33,8 +33,14 @@ class EndpointCapacity:
     in_progress: int = 0
 
     @classmethod
-    def from_health(cls, health: dict[str, Any]) -> EndpointCapacity:
-        workers, jobs = health.get("workers") or {}, health.get("jobs") or {}
+    def from_health(cls, health: Any) -> EndpointCapacity:
+        """Whatever the body holds: a count that is missing or not a natural number is 0."""
+
+        def part(name: str) -> dict[str, Any]:
+            value = health.get(name) if isinstance(health, dict) else None
+            return value if isinstance(value, dict) else {}
+
+        workers, jobs = part("workers"), part("jobs")
 
         def count(source: dict[str, Any], name: str) -> int:
             value = source.get(name, 0)

@@ -1,0 +1,40 @@
+"""GPU-aware admission: how many jobs are kept submitted, from what /health says."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dispatcher.admission import EndpointCapacity, admitted
+
+HEALTH = {
+    "jobs": {"completed": 10, "failed": 0, "inProgress": 3, "inQueue": 2, "retried": 0},
+    "workers": {"idle": 1, "initializing": 2, "ready": 4, "running": 3, "throttled": 0, "unhealthy": 0},
+}
+
+
+def test_health_is_read_as_runpod_writes_it() -> None:
+    capacity = EndpointCapacity.from_health(HEALTH)
+    assert capacity == EndpointCapacity(idle=1, running=3, initializing=2, in_queue=2, in_progress=3)
+    assert capacity.workers == 4
+
+
+def test_one_job_per_worker_that_can_take_one_and_the_queue_depth_per_endpoint() -> None:
+    assert admitted([EndpointCapacity.from_health(HEALTH)], queue_depth=1) == 4 + 2 + 1
+    assert admitted([EndpointCapacity(running=2), EndpointCapacity(idle=1)], queue_depth=2) == 3 + 2 * 2
+
+
+def test_an_endpoint_scaled_to_zero_still_gets_its_queue_depth_so_the_autoscaler_wakes_it() -> None:
+    assert admitted([EndpointCapacity()], queue_depth=1) == 1
+    assert admitted([EndpointCapacity()], queue_depth=0) == 0
+
+
+@given(
+    health=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(), lambda inner: st.dictionaries(st.text(), inner)
+    )
+)
+def test_any_health_body_gives_a_capacity_of_non_negative_counts(health: object) -> None:
+    for body in (health, {"workers": health, "jobs": health}):
+        capacity = EndpointCapacity.from_health(body)
+        assert min(capacity.idle, capacity.running, capacity.initializing, capacity.in_queue) >= 0
