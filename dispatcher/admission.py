@@ -10,10 +10,12 @@ endpoint's queue, so a queue it can see is the only way to ask for more GPUs: wi
 endpoint scaled to zero would never wake, and one at N workers would never grow. Every job
 waiting there, though, is a job a newcomer's request waits behind: a user asking for one image
 while another has a hundred queued waits for one execution time plus ``queue_depth`` of them.
-The default keeps both: demand is always visible, and a worker that frees finds its next job
-already there, without waiting for the dispatcher to notice the finish and submit another.
-With a webhook a finish is known within milliseconds, so one waiting job is enough; when
-polling it is seen later (bench/regimes.py measures it), so two wait.
+The default depth keeps both: demand is always visible, and a worker that frees finds its next
+job already there rather than idling until the dispatcher notices the finish and submits
+another. So it covers the finishes that happen while one is being noticed: one job, plus one
+per worker finishing within the learnt detection delay (``queue_depth_for``). With a webhook a
+finish is known within milliseconds: one waiting job. Polling sees it later (bench/regimes.py
+measures how much), so more wait, the more so the more workers there are.
 """
 
 from __future__ import annotations
@@ -60,7 +62,24 @@ class EndpointCapacity:
         return self.running + self.idle
 
 
-def admitted(capacities: list[EndpointCapacity], queue_depth: int) -> int:
+def queue_depth_for(workers: int, detection_s: float, execution_s: float) -> int:
+    """Jobs to keep waiting at an endpoint: one, and one more for each worker expected to free
+    while a finish is being noticed (``workers`` finish every ``execution_s``, spread out)."""
+    return min(1 + round(workers * detection_s / max(execution_s, 0.05)), max(workers, 1))
+
+
+def admitted(
+    capacities: list[EndpointCapacity],
+    queue_depth: int | None,
+    detection_s: float = 0.0,
+    execution_s: float = 1.0,
+) -> int:
     """How many jobs to keep submitted over these endpoints: a job for every worker that can
-    take one soon (running, idle, initializing) and ``queue_depth`` more per endpoint."""
-    return sum(c.workers + c.initializing + queue_depth for c in capacities)
+    take one soon (running, idle, initializing) and a queue per endpoint (``queue_depth``, or
+    by default what covers the detection delay)."""
+    return sum(
+        c.workers
+        + c.initializing
+        + (queue_depth if queue_depth is not None else queue_depth_for(c.workers, detection_s, execution_s))
+        for c in capacities
+    )

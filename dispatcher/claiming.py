@@ -27,7 +27,7 @@ from dispatcher.metrics import JOBS_IN_FLIGHT
 from dispatcher.polling import LatencyModel, QueueView
 from dispatcher.ports import GpuEndpoint, JobStore, ObjectStorage
 from dispatcher.runner import JobRun, JobRunner
-from dispatcher.settings import DispatcherSettings, queue_depth
+from dispatcher.settings import DispatcherSettings
 
 log = structlog.get_logger("dispatcher")
 
@@ -182,7 +182,12 @@ class Dispatcher:
         ]
         if self.settings.admission == "fixed" or not usable:
             return self.settings.max_in_flight
-        return admitted(usable, queue_depth(self.settings))
+        return admitted(
+            usable,
+            self.settings.admission_queue_depth,
+            self.model.detection_s,
+            self.model.typical_execution_s(),
+        )
 
     async def _watch_capacity_forever(self) -> None:
         if self.settings.admission != "capacity":

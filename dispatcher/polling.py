@@ -55,9 +55,21 @@ class LatencyModel:
     default_execution_s: float = 3.0
     weight: float = 0.2
     averages: dict[Key, Averages] = field(default_factory=dict)
+    # From a job's finish at RunPod to the dispatcher knowing it (a poll's lateness, a webhook's
+    # transit): how long a freed worker may wait for its next job if none is queued for it.
+    detection_s: float = 0.25
 
     def expected(self, key: Key) -> Averages:
         return self.averages.get(key) or Averages(self.default_queue_s, self.default_execution_s)
+
+    def typical_execution_s(self) -> float:
+        """The average execution over every size seen (the default before any)."""
+        if not self.averages:
+            return self.default_execution_s
+        return sum(a.execution_s for a in self.averages.values()) / len(self.averages)
+
+    def learn_detection(self, seconds: float) -> None:
+        self.detection_s = (1 - self.weight) * self.detection_s + self.weight * max(seconds, 0.0)
 
     def learn(self, key: Key, state: RunPodState) -> None:
         if state.status != RunPodStatus.COMPLETED or state.execution_ms is None:

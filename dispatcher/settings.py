@@ -56,8 +56,8 @@ class DispatcherSettings(DatabaseSettings):
         default=None,
         ge=0,
         description="jobs kept waiting in each endpoint's RunPod queue beyond its workers: the demand "
-        "RunPod's autoscaler sees, and how many a newcomer's job waits behind; default 1 with a webhook, "
-        "2 when polling (a polled finish is seen later: the next job must already be waiting)",
+        "RunPod's autoscaler sees, and how many a newcomer's job waits behind; default: 1, plus one per "
+        "worker that frees while a finish is being noticed (learnt: about 1 with a webhook, more polling)",
     )
     capacity_poll_seconds: float = Field(
         default=1.0, gt=0, description="how often each endpoint's /health is read for admission"
@@ -90,13 +90,6 @@ class DispatcherSettings(DatabaseSettings):
                 raise ValueError("give at least one endpoint id")
             return ids
         return value
-
-
-def queue_depth(settings: DispatcherSettings) -> int:
-    """ADMISSION_QUEUE_DEPTH, or its default for the way completions are learnt."""
-    if settings.admission_queue_depth is not None:
-        return settings.admission_queue_depth
-    return 1 if settings.webhook_public_url else 2
 
 
 def load_dispatcher_settings() -> DispatcherSettings:

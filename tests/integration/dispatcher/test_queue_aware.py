@@ -77,6 +77,10 @@ async def test_with_a_webhook_every_job_passes_through_running_with_the_workers_
         batch = await insert_batch(database_url, [f"hooked {n}" for n in range(6)])
         assert (await wait_for_batch(database_url, batch))["failed"] == 0
         await server.stop()
+        # the webhooks taught the latency model (its safety-net poll follows the real times)
+        learnt = service.dispatcher.model.expected(("basic", 1024, 576))
+        assert learnt.samples == 6
+        assert 0.04 <= learnt.execution_s < 1.0
     running = [payload for kind, payload in await events_of(database_url, batch) if kind == "running"]
     assert len(running) == 6
     for job in await jobs_of(database_url, batch):

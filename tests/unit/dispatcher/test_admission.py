@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.admission import EndpointCapacity, admitted
+from dispatcher.admission import EndpointCapacity, admitted, queue_depth_for
 
 HEALTH = {
     "jobs": {"completed": 10, "failed": 0, "inProgress": 3, "inQueue": 2, "retried": 0},
@@ -22,6 +22,17 @@ def test_health_is_read_as_runpod_writes_it() -> None:
 def test_one_job_per_worker_that_can_take_one_and_the_queue_depth_per_endpoint() -> None:
     assert admitted([EndpointCapacity.from_health(HEALTH)], queue_depth=1) == 4 + 2 + 1
     assert admitted([EndpointCapacity(running=2), EndpointCapacity(idle=1)], queue_depth=2) == 3 + 2 * 2
+
+
+def test_the_default_depth_covers_the_workers_that_free_while_a_finish_is_being_noticed() -> None:
+    assert queue_depth_for(workers=3, detection_s=0.02, execution_s=2.0) == 1  # a webhook
+    assert queue_depth_for(workers=3, detection_s=0.6, execution_s=2.0) == 2  # polling
+    assert queue_depth_for(workers=8, detection_s=0.8, execution_s=2.0) == 4
+    assert queue_depth_for(workers=2, detection_s=30.0, execution_s=1.0) == 2, "never more than workers"
+    assert queue_depth_for(workers=0, detection_s=0.5, execution_s=2.0) == 1, "scaled to zero: wake it"
+    capacity = [EndpointCapacity(running=8)]
+    assert admitted(capacity, None, detection_s=0.8, execution_s=2.0) == 8 + 4
+    assert admitted(capacity, 0, detection_s=0.8, execution_s=2.0) == 8, "an explicit depth wins"
 
 
 def test_an_endpoint_scaled_to_zero_still_gets_its_queue_depth_so_the_autoscaler_wakes_it() -> None:
