@@ -427,6 +427,15 @@ class JobRunner:
         if outcome is not None:
             JOBS_FINISHED.labels(outcome="retried" if outcome == JobStatus.QUEUED else "failed").inc()
             self.wake()
+        if outcome == JobStatus.QUEUED:
+            # It is due after a jittered backoff (half to all of base x 2^(attempt-1), capped: see
+            # dispatcher_fail_job); nothing announces that moment, so look then, not at the sweep.
+            full = min(
+                self.settings.backoff_base_seconds * 2 ** (run.attempt - 1), self.settings.backoff_max_seconds
+            )
+            loop = asyncio.get_running_loop()
+            for delay in (0.5 * full + 0.05, full + 0.05):
+                loop.call_later(delay, self.wake)
         log.warning(
             "job.attempt_failed", error=message, retryable=retryable, outcome=outcome, attempt=run.attempt
         )

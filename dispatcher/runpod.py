@@ -65,7 +65,8 @@ class RunPodClient:
         self._base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._policy = policy or RetryPolicy()
-        self._paused_until: dict[str, float] = {}  # per endpoint, after a 429
+        # After a 429, per endpoint and route: RunPod limits each operation (run, status, ...) apart.
+        self._paused_until: dict[tuple[str, str], float] = {}
         self._backoff = wait_exponential_jitter(
             multiplier=self._policy.initial_wait_s, max=self._policy.max_wait_s
         )
@@ -121,9 +122,9 @@ class RunPodClient:
     async def _call(
         self, endpoint_id: str, method: str, path: str, body: Any = None, tally: RequestTally | None = None
     ) -> dict[str, Any]:
-        if (pause := self._paused_until.get(endpoint_id, 0.0) - time.monotonic()) > 0:
-            await asyncio.sleep(pause)  # the whole endpoint backs off after a 429
         route = path.split("/")[0]
+        if (pause := self._paused_until.get((endpoint_id, route), 0.0) - time.monotonic()) > 0:
+            await asyncio.sleep(pause)  # every call of that route backs off after a 429
         if tally is not None:
             tally.requests += 1
         try:
@@ -143,7 +144,7 @@ class RunPodClient:
         status = response.status_code
         if status == 429:
             retry_after = _retry_after(response)
-            self._paused_until[endpoint_id] = time.monotonic() + retry_after
+            self._paused_until[(endpoint_id, route)] = time.monotonic() + retry_after
             raise RunPodThrottled(f"RunPod {route}: 429, retry after {retry_after:g} s", retry_after)
         if status >= 500:
             raise RunPodUnavailable(f"RunPod {route}: {status}")
