@@ -167,7 +167,7 @@ class PollSchedule:
     key: Key
     submitted_at: float = field(default_factory=time.monotonic)
     webhook: bool = False
-    finish_quantile: float = 0.8
+    finish_quantile: float = 0.6
     expected_start: float | None = None
     polls: int = 0
     queued_polls: int = 0

@@ -63,7 +63,7 @@ class DispatcherSettings(DatabaseSettings):
         default=1.0, gt=0, description="how often each endpoint's /health is read for admission"
     )
     poll_finish_quantile: float = Field(
-        default=0.8,
+        default=0.6,
         gt=0,
         lt=1,
         description="adaptive polling: a running job is first looked at once this share of recent jobs "

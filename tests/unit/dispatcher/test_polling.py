@@ -89,7 +89,7 @@ def test_the_first_look_uses_the_late_quantile_of_recent_executions() -> None:
     for execution_ms in (1000, 2000, 3000, 4000, 5000):
         model.learn(KEY, completed(0, execution_ms))
     # the 0.8-quantile of five: the fifth, 5 s; a job known to have started at 10 s
-    schedule = PollSchedule(model, KEY, submitted_at=9.0, expected_start=10.0)
+    schedule = PollSchedule(model, KEY, submitted_at=9.0, finish_quantile=0.8, expected_start=10.0)
     assert schedule.first_delay(now=9.0) == pytest.approx(1.0 + 5.0)
     assert PollSchedule(model, KEY, submitted_at=9.0, finish_quantile=0.2).first_delay(now=9.0) == (
         pytest.approx(0.0 + 2.0)
