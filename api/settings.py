@@ -44,6 +44,11 @@ class ApiSettings(DatabaseSettings):
         default=10, ge=1, description="generate-images calls a user may make at once"
     )
     sse_ping_seconds: float = Field(default=15, gt=0, description="keep-alive comment interval on streams")
+    public_url: str | None = Field(
+        default=None,
+        description="the app's public base URL, e.g. https://images.example.com, for the links in its "
+        "answers (status_url, events_url, cancel_url); default: the address the request came to",
+    )
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="largest request body a function reads (413 beyond)"
     )

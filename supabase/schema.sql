@@ -70,6 +70,60 @@ $$;
 ALTER FUNCTION public.cancel_image_job(job_id uuid) OWNER TO postgres;
 
 --
+-- Name: cancel_image_jobs(uuid, uuid[], uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.cancel_image_jobs(batch_id uuid, job_ids uuid[], for_user uuid) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  cancelled integer;
+  batches uuid[];
+begin
+  if batch_id is null and job_ids is null then
+    raise exception 'give a batch id or job ids' using errcode = '22023';
+  end if;
+  -- Batches first, in id order, then their jobs: the order every path that locks several
+  -- batches takes (the dispatcher's succeed, requeue_failed_jobs), so they cannot deadlock.
+  perform from public.image_batches b
+   where b.id in (select j.batch_id from public.image_jobs j
+                   where (cancel_image_jobs.batch_id is null or j.batch_id = cancel_image_jobs.batch_id)
+                     and (cancel_image_jobs.job_ids is null or j.id = any(cancel_image_jobs.job_ids))
+                     and (for_user is null or j.user_id = for_user))
+   order by b.id
+     for no key update;
+  with done as (
+    update public.image_jobs j
+       set status = 'cancelled', finished_at = now(), lease_owner = null, lease_expires_at = null
+     where (cancel_image_jobs.batch_id is null or j.batch_id = cancel_image_jobs.batch_id)
+       and (cancel_image_jobs.job_ids is null or j.id = any(cancel_image_jobs.job_ids))
+       and (for_user is null or j.user_id = for_user)
+       and j.status in ('queued', 'submitted', 'running')
+    returning j.batch_id, j.id, j.position
+  ), events as (
+    insert into public.image_job_events (batch_id, job_id, kind, payload)
+    select d.batch_id, d.id, 'cancelled', jsonb_build_object('job_id', d.id, 'position', d.position)
+      from done d
+    returning image_job_events.batch_id
+  )
+  select count(*), array_agg(distinct e.batch_id) into cancelled, batches from events e;
+  perform public.image_batch_progress(b) from unnest(coalesce(batches, '{}')) as b order by b;
+  return cancelled;
+end
+$$;
+
+
+ALTER FUNCTION public.cancel_image_jobs(batch_id uuid, job_ids uuid[], for_user uuid) OWNER TO postgres;
+
+--
+-- Name: FUNCTION cancel_image_jobs(batch_id uuid, job_ids uuid[], for_user uuid); Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON FUNCTION public.cancel_image_jobs(batch_id uuid, job_ids uuid[], for_user uuid) IS 'Cancel the unfinished jobs of a batch and/or a list (only for_user''s, unless null); returns how many.';
+
+
+--
 -- Name: dispatcher_fail_job(uuid, text, text, boolean, integer, double precision, double precision); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -936,6 +990,14 @@ GRANT USAGE ON SCHEMA public TO service_role;
 REVOKE ALL ON FUNCTION public.cancel_image_job(job_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.cancel_image_job(job_id uuid) TO authenticated;
 GRANT ALL ON FUNCTION public.cancel_image_job(job_id uuid) TO service_role;
+
+
+--
+-- Name: FUNCTION cancel_image_jobs(batch_id uuid, job_ids uuid[], for_user uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.cancel_image_jobs(batch_id uuid, job_ids uuid[], for_user uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.cancel_image_jobs(batch_id uuid, job_ids uuid[], for_user uuid) TO service_role;
 
 
 --

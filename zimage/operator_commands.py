@@ -76,6 +76,17 @@ def add_operator_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     retry.set_defaults(run=run_retry)
 
+    cancel = commands.add_parser(
+        "cancel",
+        help="cancel a batch's unfinished jobs, or some jobs",
+        description="Cancel the queued and in-flight jobs of a batch and/or the given jobs, whoever's they "
+        "are (an operator's tool; users cancel through POST /functions/v1/cancel). Jobs in flight have their "
+        "RunPod job cancelled by their dispatcher at its next lease renewal. Writes DATABASE_URL.",
+    )
+    cancel.add_argument("--batch", type=UUID, help="this batch's unfinished jobs")
+    cancel.add_argument("--job", type=UUID, action="append", help="this job (repeatable)")
+    cancel.set_defaults(run=run_cancel)
+
 
 def run_submit(args: argparse.Namespace) -> int:
     from api.client import ApiError, ProgressBar, submit
@@ -198,6 +209,21 @@ def run_retry(args: argparse.Namespace) -> int:
             {"batch_id": args.batch, "job_ids": args.job, "since": args.since},
         ).fetchone()
     print(f"requeued {row[0] if row else 0} failed job(s)")
+    return EXIT_OK
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    if args.batch is None and not args.job:
+        print("zimage cancel: give --batch or --job", file=sys.stderr)
+        return EXIT_USAGE
+    from kernel.settings import load_database_settings
+
+    settings = load_database_settings()
+    with psycopg.connect(str(settings.database_url), autocommit=True) as conn:
+        row = conn.execute(
+            OPERATOR_QUERIES["cancel"], {"batch_id": args.batch, "job_ids": args.job}
+        ).fetchone()
+    print(f"cancelled {row[0] if row else 0} job(s)")
     return EXIT_OK
 
 

@@ -41,3 +41,10 @@ select e.batch_id, e.seq, e.kind, e.payload
   from unnest(%(batch_ids)s::uuid[], %(after_seqs)s::int[]) as c(batch_id, after_seq)
   join public.image_job_events e on e.batch_id = c.batch_id and e.seq > c.after_seq
  order by e.batch_id, e.seq;
+
+-- name: job_owners
+-- The cancel function's owner check: whose each job is.
+select id, user_id from public.image_jobs where id = any(%(job_ids)s);
+
+-- name: cancel_jobs
+select public.cancel_image_jobs(%(batch_id)s, %(job_ids)s, %(for_user)s);

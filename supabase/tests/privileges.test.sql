@@ -66,6 +66,7 @@ select set_eq(
          ('function', 'requeue_failed_jobs(batch_id uuid, job_ids uuid[], failed_since timestamp with time zone)',
           'service_role', 'EXECUTE'),
          ('function', 'image_batch_progress(batch uuid)', 'service_role', 'EXECUTE'),
+         ('function', 'cancel_image_jobs(batch_id uuid, job_ids uuid[], for_user uuid)', 'service_role', 'EXECUTE'),
          ('function', 'dispatcher_succeed_job(job uuid, owner text, image_url text, image_sha256 text, '
                       'width integer, height integer, steps integer, seed bigint, timings jsonb, '
                       'status_polls integer, reused_from uuid)', 'service_role', 'EXECUTE'),

@@ -18,3 +18,7 @@ select lease_owner, count(*) as n
 
 -- name: requeue_failed
 select public.requeue_failed_jobs(%(batch_id)s, %(job_ids)s, %(since)s);
+
+-- name: cancel
+-- Whoever's the jobs are (for_user null): the operator's tool.
+select public.cancel_image_jobs(%(batch_id)s, %(job_ids)s, null);

@@ -1,6 +1,7 @@
 """GET /functions/v1/batch-status?batch_id=...: a batch's snapshot as JSON (owner or admin).
 
-Each job's state, URL or error, attempts, and while it waits its place in the queue.
+Each job's state, URL or error, attempts, and while it waits its place in the queue; the
+batch's ``status_url``, ``events_url`` and ``cancel_url``, and each job's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from api.batches import batch_snapshot
 from api.context import FunctionContext
 from api.errors import HttpError
+from api.links import base_url, with_links
 
 METHODS = ["GET"]
 
@@ -30,4 +32,4 @@ async def handle(request: Request, ctx: FunctionContext) -> Response:
     owner = UUID(snapshot["user_id"]) if snapshot["user_id"] else None
     if not caller.may_see(owner):
         raise HttpError(403, f"batch {batch_id} is not yours")
-    return JSONResponse(snapshot)
+    return JSONResponse(with_links(snapshot, base_url(request, ctx.settings.public_url)))

@@ -4,7 +4,7 @@ Body ``{prompts, quality?, aspectRatio?, projectId?, seed?, stream?, wait?}``; p
 strings or ``{index, prompt, startTime, endTime}``. The batch is inserted as the caller
 (RLS applies) and the dispatcher takes it from there. Then:
 - ``stream: true``: the batch's progress as SSE, ending with ``complete``;
-- ``wait: false``: ``202 {batch_id}`` at once;
+- ``wait: false``: ``202 {batch_id, status_url, events_url, cancel_url}`` at once;
 - otherwise: ``{success, images, total, failed, batch_id}`` once the batch is done.
 """
 
@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from api.batches import BatchRequest, insert_batch
 from api.context import FunctionContext
 from api.errors import HttpError
+from api.links import base_url, batch_links
 from api.streams import event_stream
 
 METHODS = ["POST"]
@@ -32,7 +33,8 @@ async def handle(request: Request, ctx: FunctionContext) -> Response:
         batch_id = await insert_batch(conn, caller, batch)
 
     if body.get("wait") is False and not body.get("stream"):
-        return JSONResponse({"batch_id": str(batch_id)}, status_code=202)
+        links = batch_links(base_url(request, ctx.settings.public_url), batch_id)
+        return JSONResponse({"batch_id": str(batch_id), **links}, status_code=202)
     resources = contextlib.AsyncExitStack()
     # trusted: a batch made with the anon key belongs to nobody, but its creator's stream follows it.
     subscription = await resources.enter_async_context(

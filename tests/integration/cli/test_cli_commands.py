@@ -174,3 +174,18 @@ def _wait_for(condition: object, timeout_s: float = 20) -> None:
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.2)
+
+
+def test_cancel_a_batch_from_the_command_line(stack: dict[str, str]) -> None:
+    env = environment(stack)
+    assert zimage("cancel", env=env).returncode == 2
+    with psycopg.connect(stack["DATABASE_URL"], autocommit=True) as conn:
+        row = conn.execute(
+            "insert into image_batches (user_id, prompts) values (%s, %s) returning id",
+            ("00000000-0000-4000-8000-000000000001", ["Agincourt", "Crecy"]),  # supabase/seed.sql's user
+        ).fetchone()
+        assert row is not None
+        cancelled = zimage("cancel", "--batch", str(row[0]), env=env)
+        assert cancelled.stdout.strip() == "cancelled 2 job(s)", cancelled.stderr
+        states = conn.execute("select status from image_jobs where batch_id = %s", (row[0],)).fetchall()
+    assert [state for (state,) in states] == ["cancelled", "cancelled"]
