@@ -43,6 +43,7 @@ ALLOWED_HEADERS = [
     "accept",
     "last-event-id",
     "x-region",
+    "idempotency-key",  # a retry that must not make a second batch (generate-images)
 ]
 # What a browser script may read from an answer: a 429's Retry-After (hidden by CORS otherwise).
 EXPOSED_HEADERS = ["retry-after"]

@@ -14,6 +14,7 @@ from psycopg.types.json import Jsonb
 
 from api.auth import Caller
 from api.errors import HttpError
+from api.idempotency import IdempotencyKey
 from api.queries import QUERIES
 from kernel.db import act_as_user
 from worker.request import MAX_SEED
@@ -89,11 +90,19 @@ def _optional_seed(body: dict[str, Any]) -> int | None:
     return value
 
 
-async def insert_batch(conn: psycopg.AsyncConnection[Any], caller: Caller, batch: BatchRequest) -> UUID:
+async def insert_batch(
+    conn: psycopg.AsyncConnection[Any],
+    caller: Caller,
+    batch: BatchRequest,
+    once: IdempotencyKey | None = None,
+) -> tuple[UUID, bool]:
     """Insert the batch (its jobs follow by trigger) as the caller; users through RLS. Batches made
-    with the anon or service-role key belong to no user."""
+    with the anon or service-role key belong to no user. With an idempotency key already used
+    with this body, nothing is inserted: (the batch it made, True)."""
     try:
         async with conn.transaction():
+            if once is not None and (earlier := await once.claim(conn)) is not None:
+                return earlier, True
             if caller.kind == "user" and caller.user_id is not None:
                 await act_as_user(conn, caller.user_id)
             cursor = await conn.execute(
@@ -109,6 +118,9 @@ async def insert_batch(conn: psycopg.AsyncConnection[Any], caller: Caller, batch
                 },
             )
             row = await cursor.fetchone()
+            if once is not None and row is not None:
+                await conn.execute("reset role")  # the key's table is the app's, not the user's
+                await once.record(conn, UUID(str(row[0])))
     except psycopg.errors.CheckViolation as exc:
         raise HttpError(400, _body_names(exc.diag.message_primary or str(exc))) from None
     except psycopg.errors.InsufficientPrivilege as exc:
@@ -119,7 +131,7 @@ async def insert_batch(conn: psycopg.AsyncConnection[Any], caller: Caller, batch
     except psycopg.errors.DataError as exc:  # a value the column's type cannot hold
         raise HttpError(400, f"a value cannot be stored: {exc.diag.message_primary}") from None
     assert row is not None
-    return UUID(str(row[0]))
+    return UUID(str(row[0])), False
 
 
 def _body_names(message: str) -> str:

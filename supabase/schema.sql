@@ -626,6 +626,31 @@ CREATE TABLE public.image_batches (
 ALTER TABLE public.image_batches OWNER TO postgres;
 
 --
+-- Name: image_idempotency_keys; Type: TABLE; Schema: public; Owner: postgres
+--
+
+CREATE TABLE public.image_idempotency_keys (
+    caller text NOT NULL,
+    key text NOT NULL,
+    body_sha256 text NOT NULL,
+    batch_id uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT image_idempotency_keys_body_sha256_check CHECK ((body_sha256 ~ '^[0-9a-f]{64}$'::text)),
+    CONSTRAINT image_idempotency_keys_caller_check CHECK (((length(caller) >= 1) AND (length(caller) <= 200))),
+    CONSTRAINT image_idempotency_keys_key_check CHECK (((length(key) >= 1) AND (length(key) <= 255)))
+);
+
+
+ALTER TABLE public.image_idempotency_keys OWNER TO postgres;
+
+--
+-- Name: TABLE image_idempotency_keys; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON TABLE public.image_idempotency_keys IS 'generate-images'' Idempotency-Key: per caller, the body''s hash and its batch; kept 24 hours.';
+
+
+--
 -- Name: image_job_events; Type: TABLE; Schema: public; Owner: postgres
 --
 
@@ -727,6 +752,14 @@ ALTER TABLE ONLY public.image_batches
 
 
 --
+-- Name: image_idempotency_keys image_idempotency_keys_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.image_idempotency_keys
+    ADD CONSTRAINT image_idempotency_keys_pkey PRIMARY KEY (caller, key);
+
+
+--
 -- Name: image_job_events image_job_events_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -763,6 +796,13 @@ ALTER TABLE ONLY public.image_projects
 --
 
 CREATE INDEX image_batches_user_id_idx ON public.image_batches USING btree (user_id, created_at DESC);
+
+
+--
+-- Name: image_idempotency_keys_created_at; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX image_idempotency_keys_created_at ON public.image_idempotency_keys USING btree (created_at);
 
 
 --
@@ -865,6 +905,14 @@ ALTER TABLE ONLY public.image_batches
 
 
 --
+-- Name: image_idempotency_keys image_idempotency_keys_batch_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.image_idempotency_keys
+    ADD CONSTRAINT image_idempotency_keys_batch_id_fkey FOREIGN KEY (batch_id) REFERENCES public.image_batches(id) ON DELETE CASCADE;
+
+
+--
 -- Name: image_job_events image_job_events_batch_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -917,6 +965,12 @@ ALTER TABLE ONLY public.image_projects
 --
 
 ALTER TABLE public.image_batches ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: image_idempotency_keys; Type: ROW SECURITY; Schema: public; Owner: postgres
+--
+
+ALTER TABLE public.image_idempotency_keys ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: image_job_events; Type: ROW SECURITY; Schema: public; Owner: postgres
@@ -1161,6 +1215,13 @@ GRANT INSERT(project_id) ON TABLE public.image_batches TO authenticated;
 --
 
 GRANT INSERT(timings) ON TABLE public.image_batches TO authenticated;
+
+
+--
+-- Name: TABLE image_idempotency_keys; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT ALL ON TABLE public.image_idempotency_keys TO service_role;
 
 
 --

@@ -48,3 +48,19 @@ select id, user_id from public.image_jobs where id = any(%(job_ids)s);
 
 -- name: cancel_jobs
 select public.cancel_image_jobs(%(batch_id)s, %(job_ids)s, %(for_user)s);
+
+-- name: claim_idempotency_key
+-- First use of a key (or the first since it expired): this request makes the batch. Otherwise
+-- nothing is returned, after waiting for a concurrent first use to commit.
+insert into public.image_idempotency_keys as k (caller, key, body_sha256)
+values (%(caller)s, %(key)s, %(body_sha256)s)
+on conflict (caller, key) do update
+   set body_sha256 = excluded.body_sha256, batch_id = null, created_at = now()
+ where k.created_at < now() - interval '24 hours'
+returning k.key;
+
+-- name: idempotency_key
+select body_sha256, batch_id from public.image_idempotency_keys where caller = %(caller)s and key = %(key)s;
+
+-- name: record_idempotency_key
+update public.image_idempotency_keys set batch_id = %(batch_id)s where caller = %(caller)s and key = %(key)s;

@@ -40,7 +40,8 @@ select set_eq(
   'select * from api_privileges',
   $$
   select 'table' as kind, t as name, 'service_role' as grantee, p as privilege
-    from unnest(array['image_batches', 'image_jobs', 'image_job_events', 'image_projects']) t,
+    from unnest(array['image_batches', 'image_jobs', 'image_job_events', 'image_projects',
+                      'image_idempotency_keys']) t,
          unnest(array['INSERT', 'SELECT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) p
   union all
   select 'table', t, 'authenticated', 'SELECT'

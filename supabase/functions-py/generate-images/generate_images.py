@@ -5,6 +5,10 @@ strings or ``{index, prompt, startTime, endTime}``. The batch is inserted as the
 (RLS applies) and the dispatcher takes it from there. Then:
 - ``stream: true``: the batch's progress as SSE, ending with ``complete``;
 - ``wait: false``: ``202 {batch_id, status_url, events_url, cancel_url}`` at once;
+
+With an ``Idempotency-Key`` header used before by the same caller with the same body (within 24
+hours), no batch is made: the answer is the first one's batch (``200`` instead of ``202``, or its
+stream, or its result); with another body, ``422``.
 - otherwise: ``{success, images, total, failed, batch_id}`` once the batch is done.
 """
 
@@ -18,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from api.batches import BatchRequest, insert_batch
 from api.context import FunctionContext
 from api.errors import HttpError
+from api.idempotency import IdempotencyKey
 from api.links import base_url, batch_links
 from api.streams import event_stream
 
@@ -29,12 +34,15 @@ async def handle(request: Request, ctx: FunctionContext) -> Response:
     ctx.rate_limit(caller, request)
     body = await ctx.json_body(request)
     batch = BatchRequest.from_body(body)
+    once = IdempotencyKey.of(
+        request.headers.get("idempotency-key"), caller, ctx.client_address(request), body
+    )
     async with ctx.pool.connection() as conn:
-        batch_id = await insert_batch(conn, caller, batch)
+        batch_id, replayed = await insert_batch(conn, caller, batch, once)
 
     if body.get("wait") is False and not body.get("stream"):
         links = batch_links(base_url(request, ctx.settings.public_url), batch_id)
-        return JSONResponse({"batch_id": str(batch_id), **links}, status_code=202)
+        return JSONResponse({"batch_id": str(batch_id), **links}, status_code=200 if replayed else 202)
     resources = contextlib.AsyncExitStack()
     # trusted: a batch made with the anon key belongs to nobody, but its creator's stream follows it.
     subscription = await resources.enter_async_context(
