@@ -256,7 +256,11 @@ class JobRunner:
                 return self._finished(run, run.webhook_state)
             if replanned:  # a worker freed: it most likely took this job, so look accordingly
                 schedule.expected_start = run.expected_start
-                delay = schedule.first_delay() if schedule.polls == 0 else schedule.delay_while_queued(_now())
+                delay = (
+                    schedule.first_delay()
+                    if schedule.polls == 0
+                    else schedule.delay_while_queued(time.monotonic())
+                )
                 continue
             tally = RequestTally()
             try:
@@ -279,7 +283,7 @@ class JobRunner:
             elif state.status == RunPodStatus.IN_QUEUE and run.expected_start is None:
                 expected = self.model.expected(run.job.size_key)
                 run.expected_start = self.queue.estimated_start(
-                    run.endpoint_id, run.job.id, expected.execution_s, _now()
+                    run.endpoint_id, run.job.id, expected.execution_s, time.monotonic()
                 )
                 schedule.expected_start = run.expected_start
             if time.monotonic() > budget_ends:
@@ -302,7 +306,7 @@ class JobRunner:
         started = self._started(run, state)
         if run.endpoint_id is not None:
             ended = (
-                _now()
+                time.monotonic()
                 if started is None or state.execution_ms is None
                 else started + state.execution_ms / 1000
             )
@@ -457,10 +461,6 @@ def _reported(output: dict[str, Any], name: str) -> int | None:
     """A number the worker reported, or None if it reported none (or something else)."""
     value = output.get(name)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _now() -> float:
-    return time.monotonic()
 
 
 async def _woken(run: JobRun, delay: float) -> bool:

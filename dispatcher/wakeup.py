@@ -14,13 +14,10 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from kernel.listen import PostgresListener
 from kernel.logs import first_line
 
 if TYPE_CHECKING:
     from realtime import AsyncRealtimeClient
-
-__all__ = ["PostgresListener", "RealtimeListener"]
 
 log = structlog.get_logger("dispatcher.wakeup")
 

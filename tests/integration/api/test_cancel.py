@@ -3,34 +3,19 @@ or an admin's; nobody else's; what is done stays done; the batch completes."""
 
 from __future__ import annotations
 
-import psycopg
+from uuid import UUID
+
 import pytest
 
 from dispatcher.service import Service
 from tests.integration.api.conftest import USER_A, USER_B, Api, ApiFactory, finish_job, job_ids
-from tests.integration.dispatcher.conftest import Cloud, DispatcherFactory, wait_until
+from tests.integration.dispatcher.conftest import Cloud, DispatcherFactory, events_of, jobs_of, wait_until
 
 CANCEL = "/functions/v1/cancel"
 
 
-async def states(database_url: str, batch_id: object) -> list[str]:
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        rows = await (
-            await conn.execute(
-                "select status from image_jobs where batch_id = %s order by position", (batch_id,)
-            )
-        ).fetchall()
-    return [row[0] for row in rows]
-
-
-async def event_kinds(database_url: str, batch_id: object) -> list[str]:
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        rows = await (
-            await conn.execute(
-                "select kind from image_job_events where batch_id = %s order by seq", (batch_id,)
-            )
-        ).fetchall()
-    return [row[0] for row in rows]
+async def states(database_url: str, batch_id: UUID) -> list[str]:
+    return [job["status"] for job in await jobs_of(database_url, batch_id)]
 
 
 async def test_the_answers_link_to_status_events_and_cancel_and_the_cancel_link_works(api: Api) -> None:
@@ -56,8 +41,8 @@ async def test_the_answers_link_to_status_events_and_cancel_and_the_cancel_link_
         assert rest.json() == {"cancelled": 1}
         again = await client.post(links["cancel_url"])
         assert again.json() == {"cancelled": 0}
-    assert await states(api.database_url, batch_id) == ["succeeded", "cancelled", "cancelled"]
-    kinds = await event_kinds(api.database_url, batch_id)
+    assert await states(api.database_url, UUID(batch_id)) == ["succeeded", "cancelled", "cancelled"]
+    kinds = [kind for kind, _ in await events_of(api.database_url, UUID(batch_id))]
     assert kinds.count("cancelled") == 2
     assert kinds[-1] == "complete"
 
