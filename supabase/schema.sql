@@ -278,13 +278,15 @@ begin
 
   insert into public.image_jobs
     (id, batch_id, user_id, position, prompt, quality, aspect_ratio, seed, width, height, steps,
-     storage_path)
+     format, output_quality, storage_path)
   select p.id, new.id, new.user_id, p.ordinality - 1, public.strip_blank(p.prompt),
          new.quality, new.aspect_ratio, new.seed,
          case new.aspect_ratio when '9:16' then 576 else 1024 end,
          case new.aspect_ratio when '16:9' then 576 else 1024 end,
          case new.quality when 'high' then 16 else 9 end,
-         public.image_job_storage_path(p.id, new.project_id, new.timings -> (p.ordinality - 1)::int)
+         new.format, new.output_quality,
+         public.image_job_storage_path(p.id, new.project_id, new.timings -> (p.ordinality - 1)::int,
+                                       new.format)
   from (select gen_random_uuid() as id, u.prompt, u.ordinality
           from unnest(new.prompts) with ordinality as u (prompt, ordinality)) p;
 
@@ -385,6 +387,38 @@ $_$;
 ALTER FUNCTION public.image_batches_validate() OWNER TO postgres;
 
 --
+-- Name: image_batches_validate_output(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.image_batches_validate_output() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+begin
+  if new.format is null or new.format not in ('png', 'webp', 'jpeg') then
+    raise exception using errcode = 'check_violation',
+      message = format('format: must be "png", "webp" or "jpeg", got %s',
+                       coalesce(quote_literal(left(new.format, 40)), 'null'));
+  end if;
+  if new.format = 'png' and new.output_quality is not null then
+    raise exception using errcode = 'check_violation',
+      message = 'output_quality: applies to webp and jpeg only (png is lossless)';
+  end if;
+  if new.output_quality is not null and new.output_quality not between 1 and 100 then
+    raise exception using errcode = 'check_violation',
+      message = format('output_quality: must be between 1 and 100, got %s', new.output_quality);
+  end if;
+  if new.format <> 'png' then
+    new.output_quality := coalesce(new.output_quality, 90);
+  end if;
+  return new;
+end
+$$;
+
+
+ALTER FUNCTION public.image_batches_validate_output() OWNER TO postgres;
+
+--
 -- Name: image_job_events_notify(); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -424,26 +458,28 @@ $$;
 ALTER FUNCTION public.image_job_events_sequence() OWNER TO postgres;
 
 --
--- Name: image_job_storage_path(uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: postgres
+-- Name: image_job_storage_path(uuid, text, jsonb, text); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
-CREATE FUNCTION public.image_job_storage_path(job uuid, project text, timing jsonb) RETURNS text
+CREATE FUNCTION public.image_job_storage_path(job uuid, project text, timing jsonb, format text) RETURNS text
     LANGUAGE sql IMMUTABLE
     SET search_path TO ''
     AS $$
   select case
-    when timing is null then format('generated-images/%s.png', job)
-    else format('%s/images/image_%s_%s_to_%s.png',
+    when timing is null then format('generated-images/%s.%s', job, extension)
+    else format('%s/images/image_%s_%s_to_%s.%s',
                 coalesce(project, 'timed-images/' || job),
                 lpad((timing ->> 'index')::numeric::bigint::text,
                      greatest(3, length((timing ->> 'index')::numeric::bigint::text)), '0'),
                 trim_scale((timing ->> 'startTime')::numeric),
-                trim_scale((timing ->> 'endTime')::numeric))
+                trim_scale((timing ->> 'endTime')::numeric),
+                extension)
   end
+  from (select case format when 'jpeg' then 'jpg' else format end as extension) e
 $$;
 
 
-ALTER FUNCTION public.image_job_storage_path(job uuid, project text, timing jsonb) OWNER TO postgres;
+ALTER FUNCTION public.image_job_storage_path(job uuid, project text, timing jsonb, format text) OWNER TO postgres;
 
 --
 -- Name: image_jobs_notify_queued(); Type: FUNCTION; Schema: public; Owner: postgres
@@ -619,11 +655,27 @@ CREATE TABLE public.image_batches (
     project_id text,
     timings jsonb,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    last_event_seq integer DEFAULT 0 NOT NULL
+    last_event_seq integer DEFAULT 0 NOT NULL,
+    format text DEFAULT 'png'::text NOT NULL,
+    output_quality integer
 );
 
 
 ALTER TABLE public.image_batches OWNER TO postgres;
+
+--
+-- Name: COLUMN image_batches.format; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON COLUMN public.image_batches.format IS 'png (default, lossless) | webp | jpeg';
+
+
+--
+-- Name: COLUMN image_batches.output_quality; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON COLUMN public.image_batches.output_quality IS 'webp and jpeg only: 1-100, 90 when not given; null for png';
+
 
 --
 -- Name: image_idempotency_keys; Type: TABLE; Schema: public; Owner: postgres
@@ -719,9 +771,13 @@ CREATE TABLE public.image_jobs (
     image_sha256 text,
     reused_from uuid,
     submissions integer DEFAULT 0 NOT NULL,
+    format text DEFAULT 'png'::text NOT NULL,
+    output_quality integer,
     CONSTRAINT image_jobs_attempts_check CHECK ((attempts >= 0)),
+    CONSTRAINT image_jobs_format_check CHECK ((format = ANY (ARRAY['png'::text, 'webp'::text, 'jpeg'::text]))),
     CONSTRAINT image_jobs_image_sha256_check CHECK ((image_sha256 ~ '^[0-9a-f]{64}$'::text)),
     CONSTRAINT image_jobs_max_attempts_check CHECK ((max_attempts > 0)),
+    CONSTRAINT image_jobs_output_quality_check CHECK (((output_quality >= 1) AND (output_quality <= 100))),
     CONSTRAINT image_jobs_position_check CHECK (("position" >= 0)),
     CONSTRAINT image_jobs_status_check CHECK ((status = ANY (ARRAY['queued'::text, 'submitted'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text]))),
     CONSTRAINT image_jobs_submissions_check CHECK ((submissions >= 0))
@@ -859,6 +915,13 @@ CREATE TRIGGER image_batches_create_jobs AFTER INSERT ON public.image_batches FO
 --
 
 CREATE TRIGGER image_batches_validate BEFORE INSERT OR UPDATE OF prompts, quality, aspect_ratio, seed, timings ON public.image_batches FOR EACH ROW EXECUTE FUNCTION public.image_batches_validate();
+
+
+--
+-- Name: image_batches image_batches_validate_output; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER image_batches_validate_output BEFORE INSERT OR UPDATE OF format, output_quality ON public.image_batches FOR EACH ROW EXECUTE FUNCTION public.image_batches_validate_output();
 
 
 --
@@ -1093,6 +1156,13 @@ REVOKE ALL ON FUNCTION public.image_batches_validate() FROM PUBLIC;
 
 
 --
+-- Name: FUNCTION image_batches_validate_output(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.image_batches_validate_output() FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION image_job_events_notify(); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -1107,10 +1177,10 @@ REVOKE ALL ON FUNCTION public.image_job_events_sequence() FROM PUBLIC;
 
 
 --
--- Name: FUNCTION image_job_storage_path(job uuid, project text, timing jsonb); Type: ACL; Schema: public; Owner: postgres
+-- Name: FUNCTION image_job_storage_path(job uuid, project text, timing jsonb, format text); Type: ACL; Schema: public; Owner: postgres
 --
 
-REVOKE ALL ON FUNCTION public.image_job_storage_path(job uuid, project text, timing jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.image_job_storage_path(job uuid, project text, timing jsonb, format text) FROM PUBLIC;
 
 
 --
@@ -1215,6 +1285,20 @@ GRANT INSERT(project_id) ON TABLE public.image_batches TO authenticated;
 --
 
 GRANT INSERT(timings) ON TABLE public.image_batches TO authenticated;
+
+
+--
+-- Name: COLUMN image_batches.format; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT INSERT(format) ON TABLE public.image_batches TO authenticated;
+
+
+--
+-- Name: COLUMN image_batches.output_quality; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT INSERT(output_quality) ON TABLE public.image_batches TO authenticated;
 
 
 --
@@ -1398,6 +1482,20 @@ GRANT SELECT(started_at) ON TABLE public.image_jobs TO authenticated;
 --
 
 GRANT SELECT(reused_from) ON TABLE public.image_jobs TO authenticated;
+
+
+--
+-- Name: COLUMN image_jobs.format; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT(format) ON TABLE public.image_jobs TO authenticated;
+
+
+--
+-- Name: COLUMN image_jobs.output_quality; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT(output_quality) ON TABLE public.image_jobs TO authenticated;
 
 
 --

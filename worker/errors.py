@@ -51,3 +51,18 @@ class OutputTooLarge(WorkerError):
 
     error_type = "output_too_large"
     retryable = False
+
+
+class UploadFailed(WorkerError):
+    """The image could not be put at its signed upload URL (Storage down or unreachable, the
+    URL expired): another attempt, with a fresh URL, may succeed."""
+
+    error_type = "upload_failed"
+    retryable = True
+
+
+class OutputRefused(WorkerError):
+    """Storage refused the image itself (the bucket's size or type limits)."""
+
+    error_type = "output_refused"
+    retryable = False

@@ -1,18 +1,23 @@
-"""The RunPod handler: a job's input in, a base64 PNG (or a contract error) out."""
+"""The RunPod handler: a job's input in; the image uploaded to its signed Storage URL (or, without
+one, returned as base64) and what describes it out, or a contract error."""
 
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
+from worker.encoding import encode
 from worker.errors import OutOfMemory, OutputTooLarge, WorkerError
 from worker.pipeline import ImageGenerator, StepCallback
-from worker.request import parse_request
+from worker.request import parse_job
+from worker.upload import upload
 
-# RunPod accepts results up to about 10 MB through /run; keep a margin for the envelope.
+# RunPod accepts results up to about 10 MB through /run; keep a margin for the envelope. Only
+# base64 results carry the image: an uploaded one has no such limit.
 MAX_OUTPUT_BASE64_BYTES = 9 * 1024 * 1024
 
 log = structlog.get_logger("worker.handler")
@@ -72,33 +77,42 @@ def _generate(
     max_output_bytes: int,
     on_step: StepCallback | None = None,
 ) -> dict[str, Any]:
-    request = parse_request(raw_input)
+    request, delivery = parse_job(raw_input)
     image = generator.generate(request, on_step)
-    encoded = base64.b64encode(image.png).decode("ascii")
-    if len(encoded) > max_output_bytes:
-        raise OutputTooLarge(
-            f"the {image.width}x{image.height} PNG is {len(encoded)} bytes as base64, over the "
-            f"result limit of {max_output_bytes}; ask for a smaller size"
-        )
+    encoded = encode(image.image, delivery)
     timings = {
         "load_ms": round(generator.load_ms, 1),
         "inference_ms": round(image.inference_ms, 1),
-        "encode_ms": round(image.encode_ms, 1),
+        "encode_ms": round(encoded.encode_ms, 1),
     }
-    job_log.info(
-        "job.generated",
-        width=image.width,
-        height=image.height,
-        steps=request.steps,
-        prompt_chars=len(request.prompt),
-        png_bytes=len(image.png),
-        **timings,
-    )
-    return {
-        "image_base64": encoded,
+    described: dict[str, Any] = {
         "width": image.width,
         "height": image.height,
         "steps": request.steps,
         "seed": request.seed,
-        "timings": timings,
+        "format": encoded.format,
+        "bytes": len(encoded.data),
+        "sha256": encoded.sha256,
     }
+    if delivery.upload_url is not None:
+        started = time.perf_counter()
+        stored = upload(delivery.upload_url, encoded.data, encoded.content_type)
+        timings["upload_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        answer = {"storage_path": delivery.storage_path, "stored": stored, **described}
+    else:
+        image_base64 = base64.b64encode(encoded.data).decode("ascii")
+        if len(image_base64) > max_output_bytes:
+            raise OutputTooLarge(
+                f"the {image.width}x{image.height} {encoded.format} is {len(image_base64)} bytes as "
+                f"base64, over the result limit of {max_output_bytes}; ask for a smaller size, a "
+                "lossy format, or deliver it by upload URL"
+            )
+        answer = {"image_base64": image_base64, **described}
+    job_log.info(
+        "job.generated",
+        prompt_chars=len(request.prompt),
+        delivered="upload" if delivery.upload_url is not None else "base64",
+        **{key: value for key, value in described.items() if key != "sha256"},
+        **timings,
+    )
+    return {**answer, "timings": timings}

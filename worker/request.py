@@ -16,7 +16,24 @@ MAX_SEED = 2**32 - 1
 SIZE_MULTIPLE, MIN_SIDE, MAX_SIDE = 16, 256, 2048
 GUIDANCE_SCALE = 0.0  # Z-Image-Turbo is distilled for guidance-free sampling
 
-_KNOWN_KEYS = frozenset({"prompt", "quality", "aspectRatio", "seed", "width", "height"})
+FORMATS = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+DEFAULT_OUTPUT_QUALITY = 90  # for webp and jpeg, when none is asked for
+MAX_URL_CHARS = 8192
+
+_KNOWN_KEYS = frozenset(
+    {
+        "prompt",
+        "quality",
+        "aspectRatio",
+        "seed",
+        "width",
+        "height",
+        "format",
+        "output_quality",
+        "upload_url",
+        "storage_path",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -28,12 +45,31 @@ class GenerationRequest:
     seed: int
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """How the image leaves the worker: encoded as ``format`` and either uploaded to a signed
+    Storage URL (``upload_url``, for the key ``storage_path``) or, without one, returned as
+    base64 in the result (an old dispatcher, the Hub tests, test_input.json)."""
+
+    format: str = "png"
+    output_quality: int | None = None  # webp and jpeg: 1-100
+    upload_url: str | None = None
+    storage_path: str | None = None
+
+    @property
+    def content_type(self) -> str:
+        return FORMATS[self.format]
+
+
+def parse_job(raw: Any) -> tuple[GenerationRequest, Delivery]:
+    """A RunPod job's ``input`` as what to generate and how to deliver it; InvalidInput names
+    the field."""
+    return parse_request(raw), parse_delivery(raw)
+
+
 def parse_request(raw: Any) -> GenerationRequest:
     """Turn a RunPod job's ``input`` into a request, or raise InvalidInput naming the field."""
-    if not isinstance(raw, dict):
-        raise InvalidInput(f"input: must be an object, got {type(raw).__name__}")
-    if unknown := sorted(set(raw) - _KNOWN_KEYS):
-        raise InvalidInput(f"{unknown[0]}: unknown field (allowed: {', '.join(sorted(_KNOWN_KEYS))})")
+    _check_keys(raw)
     quality = _choice(raw, "quality", QUALITY_STEPS, default="basic")
     aspect_ratio = _choice(raw, "aspectRatio", ASPECT_RATIO_SIZES, default="16:9")
     width, height = _size(raw) or ASPECT_RATIO_SIZES[aspect_ratio]
@@ -45,6 +81,41 @@ def parse_request(raw: Any) -> GenerationRequest:
         height=height,
         seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed,
     )
+
+
+def parse_delivery(raw: Any) -> Delivery:
+    _check_keys(raw)
+    image_format = _choice(raw, "format", FORMATS, default="png")
+    output_quality = _integer(raw, "output_quality", 1, 100)
+    if image_format == "png" and output_quality is not None:
+        raise InvalidInput("output_quality: applies to webp and jpeg only (png is lossless)")
+    upload_url, storage_path = _text(raw, "upload_url"), _text(raw, "storage_path")
+    if (upload_url is None) != (storage_path is None):
+        raise InvalidInput("upload_url: give upload_url and storage_path together")
+    if upload_url is not None and not upload_url.startswith(("https://", "http://")):
+        raise InvalidInput("upload_url: must be an http(s) URL")
+    return Delivery(
+        format=image_format,
+        output_quality=None if image_format == "png" else output_quality or DEFAULT_OUTPUT_QUALITY,
+        upload_url=upload_url,
+        storage_path=storage_path,
+    )
+
+
+def _check_keys(raw: Any) -> None:
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"input: must be an object, got {type(raw).__name__}")
+    if unknown := sorted(set(raw) - _KNOWN_KEYS):
+        raise InvalidInput(f"{unknown[0]}: unknown field (allowed: {', '.join(sorted(_KNOWN_KEYS))})")
+
+
+def _text(raw: dict[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_URL_CHARS:
+        raise InvalidInput(f"{key}: must be a non-empty string of at most {MAX_URL_CHARS} characters")
+    return value
 
 
 def _prompt(raw: dict[str, Any]) -> str:
