@@ -33,6 +33,8 @@ class BatchRequest:
     project_id: str | None = None
     seed: int | None = None
     timings: list[dict[str, Any]] | None = None  # per prompt {index, startTime, endTime}
+    format: str = "png"  # png | webp | jpeg
+    output_quality: int | None = None  # webp and jpeg: 1-100 (the database's default: 90)
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> BatchRequest:
@@ -61,6 +63,8 @@ class BatchRequest:
             project_id=_optional_string(body, "projectId"),
             seed=_optional_seed(body),
             timings=timings,
+            format=_string(body, "format", "png"),
+            output_quality=_optional_integer(body, "output_quality"),
         )
 
 
@@ -79,6 +83,17 @@ def _optional_string(body: dict[str, Any], name: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise HttpError(400, f"{name}: must be a string")
     return value or None
+
+
+def _optional_integer(body: dict[str, Any], name: str) -> int | None:
+    """An integer or nothing; its range is the database's rule. Bounded here only so that any
+    JSON number reaches Postgres as a value its integer column can hold or refuse."""
+    value = body.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise HttpError(400, f"{name}: must be an integer")
+    if value is not None and not -(2**31) <= value < 2**31:
+        raise HttpError(400, f"{name}: out of range")
+    return value
 
 
 def _optional_seed(body: dict[str, Any]) -> int | None:
@@ -115,6 +130,8 @@ async def insert_batch(
                     "project_id": batch.project_id,
                     "seed": batch.seed,
                     "timings": Jsonb(batch.timings) if batch.timings is not None else None,
+                    "format": batch.format,
+                    "output_quality": batch.output_quality,
                 },
             )
             row = await cursor.fetchone()
@@ -158,6 +175,8 @@ async def batch_snapshot(conn: psycopg.AsyncConnection[Any], batch_id: UUID) -> 
         "quality": batch["quality"],
         "aspectRatio": batch["aspect_ratio"],
         "projectId": batch["project_id"],
+        "format": batch["format"],
+        "output_quality": batch["output_quality"],
         "total": len(jobs),
         "counts": counts,
         "done": all(job["status"] in ("succeeded", "failed", "cancelled") for job in jobs),

@@ -72,9 +72,17 @@ class BenchCloud:
             **overrides,
         }
 
-    def start_workers(self, count: int, seconds: str, cold_start_s: float = 0.0) -> None:
+    def start_workers(
+        self, count: int, seconds: str, cold_start_s: float = 0.0, payload_bytes: int = 0
+    ) -> None:
         workers = SyntheticWorkers(
-            self.platform, ENDPOINT, count, ExecutionTime.parse(seconds), seed=11, cold_start_s=cold_start_s
+            self.platform,
+            ENDPOINT,
+            count,
+            ExecutionTime.parse(seconds),
+            seed=11,
+            cold_start_s=cold_start_s,
+            payload_bytes=payload_bytes,
         )
         workers.start()
         self.workers.append(workers)

@@ -4,6 +4,14 @@ The dispatcher runs in its own process, as deployed, so its CPU and memory are i
 Prints one JSON object on its last line.
 
     python bench/throughput.py [--images 2000] [--in-flight 2000]
+
+With ``--payload BYTES`` (a realistic image: 1500000 for a 1.5 MB PNG), it measures instead
+the two ways an image reaches Storage, side by side in one run: in RunPod's result as base64
+(IMAGE_DELIVERY=base64), or uploaded by the worker to a signed URL (upload), for which the
+dispatcher reads it back to check it. Per image: the dispatcher's CPU, the bytes that cross
+RunPod (the job's input and its result, as JSON), and images per second.
+
+    python bench/throughput.py --payload 1500000 [--images 300]
 """
 
 from __future__ import annotations
@@ -90,6 +98,36 @@ async def throughput(cloud: BenchCloud, images: int, mode: str) -> dict[str, flo
     }
 
 
+async def delivery(cloud: BenchCloud, images: int, payload_bytes: int, mode: str) -> dict[str, float]:
+    """One delivery mode with heavy images, polled, 16 workers, everything admitted at once."""
+    database = cloud.fresh_database(f"delivery_{mode}")
+    environment = cloud.environment(
+        database, MAX_IN_FLIGHT="64", MAX_IN_FLIGHT_PER_USER="64", ADMISSION="fixed", IMAGE_DELIVERY=mode
+    )
+    cloud.start_workers(16, "0", payload_bytes=payload_bytes)
+    known = set(cloud.platform.jobs)
+    async with (
+        dispatcher_process(environment) as dispatcher,
+        await psycopg.AsyncConnection.connect(cloud.postgres.dsn(database), autocommit=True) as conn,
+    ):
+        cpu_before, started = dispatcher.cpu_seconds(), time.monotonic()
+        await insert_images(conn, images, f"delivery {mode}")
+        await wait_for(conn, "status = 'succeeded'", images, timeout_s=600)
+        elapsed = time.monotonic() - started
+        cpu = dispatcher.cpu_seconds() - cpu_before
+    await cloud.stop_workers()
+    jobs = [job for job_id, job in cloud.platform.jobs.items() if job_id not in known]
+    through_runpod = sum(len(json.dumps(job.input)) + len(json.dumps(job.output)) for job in jobs)
+    return {
+        "images": images,
+        "payload_bytes": payload_bytes,
+        "seconds": round(elapsed, 2),
+        "images_per_s": round(images / elapsed, 1),
+        "dispatcher_cpu_ms_per_image": round(cpu * 1000 / images, 3),
+        "bytes_through_runpod_per_image": round(through_runpod / len(jobs)),
+    }
+
+
 async def memory_in_flight(cloud: BenchCloud, in_flight: int) -> dict[str, float]:
     """No workers: every submitted job stays on RunPod's queue, held and polled by the dispatcher."""
     database = cloud.fresh_database("in_flight")
@@ -114,7 +152,24 @@ async def main() -> None:
         "--images", type=int, default=2000, help="images for the throughput run (default 2000)"
     )
     parser.add_argument("--in-flight", type=int, default=2000, help="jobs held at once for the memory run")
+    parser.add_argument(
+        "--payload", type=int, default=0, help="bytes per image: compare base64 and upload delivery"
+    )
     args = parser.parse_args()
+    if args.payload:
+        async with bench_cloud() as cloud:
+            modes = {
+                mode: await delivery(cloud, args.images, args.payload, mode) for mode in ("base64", "upload")
+            }
+        for mode, result in modes.items():
+            print(
+                f"{mode}: {result['images_per_s']} images/s; dispatcher CPU ms per image "
+                f"{result['dispatcher_cpu_ms_per_image']}; {result['bytes_through_runpod_per_image']} "
+                "bytes through RunPod per image",
+                file=sys.stderr,
+            )
+        print(json.dumps({"bench": "delivery", **modes}))
+        return
     async with bench_cloud() as cloud:
         speeds = {mode: await throughput(cloud, args.images, mode) for mode in ("polling", "webhook")}
         memory = await memory_in_flight(cloud, args.in_flight)

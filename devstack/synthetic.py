@@ -2,7 +2,10 @@
 
 Each takes jobs from the platform like a worker, validates the input with the real
 worker's rules, waits an execution time (fixed, or drawn from a distribution), and
-returns a small valid PNG of the requested size in the real worker's output shape.
+delivers a valid image of the requested size and format as the real worker does: to the
+input's signed upload URL, or as base64 in the result, in the real worker's output shape.
+The image is one flat colour (a few hundred bytes), or, with ``payload_bytes``, a PNG of
+about that size, as heavy as a real one.
 """
 
 from __future__ import annotations
@@ -10,14 +13,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
+import io
+import json
 import random
 from dataclasses import dataclass
+from typing import Any
 
-from devstack.png import solid_png
+import httpx
+from PIL import Image
+
+from devstack.png import payload_png, solid_png
 from devstack.runpod_platform import Job, Platform
-from worker.errors import InvalidInput
-from worker.request import parse_request
+from worker.errors import InvalidInput, OutputRefused, UploadFailed, WorkerError
+from worker.request import Delivery, GenerationRequest, parse_job
 
 
 @dataclass(frozen=True)
@@ -60,16 +70,20 @@ class SyntheticWorkers:
         execution_time: ExecutionTime,
         seed: int | None = None,
         cold_start_s: float = 0.0,
+        payload_bytes: int = 0,
     ) -> None:
         self.platform = platform
+        self.payload_bytes = payload_bytes
         self.cold_start_s = cold_start_s  # each worker loads its model this long before taking jobs
         self.endpoint_id = endpoint_id
         self.count = count
         self.execution_time = execution_time
         self.random = random.Random(seed)
         self._tasks: list[asyncio.Task[None]] = []
+        self._http: httpx.AsyncClient | None = None
 
     def start(self) -> None:
+        self._http = httpx.AsyncClient(timeout=30, follow_redirects=False)
         self._tasks = [
             asyncio.create_task(
                 self._work(f"synthetic-{self.endpoint_id}-{index}"), name=f"synthetic-{index}"
@@ -83,6 +97,8 @@ class SyntheticWorkers:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._http is not None:
+            await self._http.aclose()
 
     async def _work(self, worker_id: str) -> None:
         if self.cold_start_s > 0:
@@ -105,7 +121,7 @@ class SyntheticWorkers:
 
     async def _run(self, job: Job, worker_id: str) -> None:
         try:
-            request = parse_request(job.input)
+            request, delivery = parse_job(job.input)
         except InvalidInput as invalid:
             self.platform.report(job.id, worker_id, {"error": invalid.to_runpod_error()})
             return
@@ -114,21 +130,66 @@ class SyntheticWorkers:
             self.platform.abandon(job)  # this worker "dies"; a fresh one takes its place
             return
         await self._steps(job, worker_id, request.steps, seconds)
-        png = solid_png(request.width, request.height, _colour(request.prompt, request.seed))
-        self.platform.report(
-            job.id,
-            worker_id,
-            {
-                "output": {
-                    "image_base64": base64.b64encode(png).decode("ascii"),
-                    "width": request.width,
-                    "height": request.height,
-                    "steps": request.steps,
-                    "seed": request.seed,
-                    "timings": {"load_ms": 0.0, "inference_ms": round(seconds * 1000, 1), "encode_ms": 0.0},
-                }
-            },
-        )
+        data = self._image(request, delivery)
+        output: dict[str, Any] = {
+            "width": request.width,
+            "height": request.height,
+            "steps": request.steps,
+            "seed": request.seed,
+            "format": delivery.format,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "timings": {"load_ms": 0.0, "inference_ms": round(seconds * 1000, 1), "encode_ms": 0.0},
+        }
+        if delivery.upload_url is None:
+            output["image_base64"] = base64.b64encode(data).decode("ascii")
+        else:
+            try:
+                stored = await self._upload(delivery, data)
+            except WorkerError as error:
+                self.platform.report(job.id, worker_id, {"error": error.to_runpod_error()})
+                return
+            output |= {"storage_path": delivery.storage_path, "stored": stored}
+        self.platform.report(job.id, worker_id, {"output": output})
+
+    def _image(self, request: GenerationRequest, delivery: Delivery) -> bytes:
+        if self.payload_bytes and delivery.format == "png":
+            return payload_png(request.width, request.height, self.payload_bytes)
+        colour = _colour(request.prompt, request.seed)
+        if delivery.format == "png":
+            return solid_png(request.width, request.height, colour)
+        return _solid(request.width, request.height, colour, delivery.format, delivery.output_quality)
+
+    async def _upload(self, delivery: Delivery, data: bytes) -> str:
+        """As worker/upload.py: Storage's status is its body's statusCode."""
+        assert self._http is not None
+        assert delivery.upload_url is not None
+        try:
+            response = await self._http.put(
+                delivery.upload_url, content=data, headers={"Content-Type": delivery.content_type}
+            )
+        except httpx.HTTPError as exc:
+            raise UploadFailed(f"Storage could not be reached: {type(exc).__name__}") from exc
+        if response.is_success:
+            return "uploaded"
+        try:
+            status = int(json.loads(response.content).get("statusCode", response.status_code))
+        except (ValueError, AttributeError, TypeError):
+            status = response.status_code
+        if status == 409:
+            return "exists"
+        if status in (413, 415):
+            raise OutputRefused(f"Storage refused the image: {status}")
+        raise UploadFailed(f"Storage answered {status}")
+
+
+@functools.lru_cache(maxsize=256)
+def _solid(
+    width: int, height: int, rgb: tuple[int, int, int], image_format: str, quality: int | None
+) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), rgb).save(buffer, format=image_format.upper(), quality=quality or 90)
+    return buffer.getvalue()
 
 
 def _colour(prompt: str, seed: int) -> tuple[int, int, int]:

@@ -27,6 +27,9 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
+# The job's format, as its storage key's extension and the bucket's allowed types name it.
+CONTENT_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+
 
 class JobStatus(StrEnum):
     """image_jobs.status (its check constraint lists the same six)."""
@@ -135,6 +138,8 @@ class ClaimedJob:
     created_at: datetime
     storage_path: str  # computed when the row was inserted
     submissions: int  # RunPod submissions so far, never reset: names this one's webhook
+    format: str = "png"  # png | webp | jpeg: the storage key's extension says the same
+    output_quality: int | None = None  # webp and jpeg
 
     def __post_init__(self) -> None:
         # The row says it in text; the code speaks the enum.
@@ -153,7 +158,26 @@ class ClaimedJob:
         }
         if self.seed is not None:
             payload["seed"] = self.seed
+        if self.format != "png":  # an older worker knows only PNG, and refuses unknown fields
+            payload["format"] = self.format
+            if self.output_quality is not None:
+                payload["output_quality"] = self.output_quality
         return payload
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.format]
+
+    @property
+    def upload_path(self) -> str:
+        """Where the worker uploads: a key only this job ever writes. That is its storage key,
+        unless the key is a project's (``{project}/images/image_001_...``), which the project's
+        later batches write again: then an upload key of its own, copied to the project's key
+        once checked (so a later batch replaces the image, and a run never finds another job's)."""
+        if str(self.id) in self.storage_path:
+            return self.storage_path
+        extension = "jpg" if self.format == "jpeg" else self.format
+        return f"uploads/{self.id}.{extension}"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""Checking a worker's image before it is stored: the whole PNG, not just its header.
+"""Checking a worker's image before its row says succeeded: the whole image, not its header.
+
+WebP and JPEG are decoded whole by Pillow, after their header has said the requested size
+(so nothing larger than the worker's largest size is ever decoded). PNG, the default, gets
+the stricter check below.
 
 A PNG is accepted only if its chunks are well formed from the signature to IEND
 with nothing after it, its image data inflates to no more than the declared size
@@ -31,6 +35,7 @@ from PIL import Image
 from dispatcher.domain import BadResult
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PILLOW_FORMATS = {"webp": "WEBP", "jpeg": "JPEG"}
 MAX_PIXELS = 2048 * 2048  # the worker's largest size
 # Samples per pixel by IHDR colour type.
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
@@ -48,16 +53,33 @@ def png_size(data: bytes) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def decode_png(output: Any, width: int, height: int) -> bytes:
-    """The PNG in a worker's output, checked whole and to be of the requested size."""
+def decode_image(output: Any, image_format: str, width: int, height: int) -> bytes:
+    """The image in a worker's base64 output, checked whole to be of the format and size asked."""
     if not isinstance(output, dict) or not isinstance(output.get("image_base64"), str):
         raise BadResult("the worker's output has no image_base64")
     try:
-        png = base64.b64decode(output["image_base64"], validate=True)
+        data = base64.b64decode(output["image_base64"], validate=True)
     except (binascii.Error, ValueError) as exc:
         raise BadResult(f"the worker's image is not valid base64: {exc}") from exc
-    verify_png(png, width, height)
-    return png
+    verify_image(data, image_format, width, height)
+    return data
+
+
+def verify_image(data: bytes, image_format: str, width: int, height: int) -> None:
+    """BadResult unless ``data`` is one complete, decodable image of that format and size."""
+    if image_format == "png":
+        verify_png(data, width, height)
+        return
+    pillow_format = _PILLOW_FORMATS[image_format]
+    try:
+        with Image.open(io.BytesIO(data), formats=[pillow_format]) as image:
+            if image.size != (width, height):
+                raise BadResult(
+                    f"the worker's image is {image.size[0]}x{image.size[1]}, {width}x{height} was asked for"
+                )
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadResult(f"the worker's image is not a decodable {image_format}: {exc}") from exc
 
 
 def verify_png(png: bytes, width: int, height: int) -> None:

@@ -1,6 +1,15 @@
 """One claimed job, from claim to a final row: reuse a stored image if an identical seeded one
 exists, else submit (or resume the RunPod job a dead dispatcher left behind), wait for completion
-by webhook or adaptive polling, check and upload the PNG, and move the row to succeeded.
+by webhook or adaptive polling, check the image the worker uploaded (or upload the one it
+returned as base64), and move the row to succeeded.
+
+Uploaded images: each submission carries a fresh signed upload URL for the job's upload key (its
+own key, see ``ClaimedJob.upload_path``), which Storage lets write once. So every run of a job
+uploads to the same key and the first upload is the one kept; a later run finds it there, and
+the dispatcher checks and keeps what is stored, whoever put it. When Storage refuses to sign
+because an object is already there (a run whose answer was lost got that far), the job succeeds
+from it without another run. A run RunPod reports FAILED leaves nothing to stand in for it:
+whatever it uploaded is removed.
 
 The job's ids are bound into the log context (structlog contextvars) for the life of its task,
 so every line logged on its behalf, here or in an adapter, names it.
@@ -21,6 +30,7 @@ from uuid import UUID
 import structlog
 
 from dispatcher.domain import (
+    BadResult,
     ClaimedJob,
     DispatchError,
     JobStatus,
@@ -40,7 +50,7 @@ from dispatcher.domain import (
     WorkerFailure,
 )
 from dispatcher.endpoints import EndpointPool
-from dispatcher.images import decode_png
+from dispatcher.images import decode_image, verify_image
 from dispatcher.metrics import (
     COMPLETION_TO_STORED,
     INSERT_TO_SUBMIT,
@@ -58,6 +68,10 @@ log = structlog.get_logger("dispatcher")
 
 class LostJob(Exception):
     """This dispatcher no longer owns the job (cancelled by its user, or taken over)."""
+
+
+class AlreadyStored(Exception):
+    """An object is already at the job's key: check it and, if it is good, the job is done."""
 
 
 class Deferred(Exception):
@@ -118,8 +132,12 @@ class JobRunner:
         try:
             if await self._reuse(run):
                 return
-            state = await self._run_on_runpod(run)
-            await self._settle(run, state)
+            try:
+                state = await self._run_on_runpod(run)
+            except AlreadyStored:
+                await self._settle(run, None)
+            else:
+                await self._settle(run, state)
         except Deferred as deferred:
             if await self.store.defer(run.job.id, str(deferred), self.settings.endpoint_probe_seconds):
                 log.warning("job.deferred", reason=str(deferred))
@@ -158,8 +176,14 @@ class JobRunner:
 
     async def _submit(self, run: JobRun) -> None:
         job, settings = run.job, self.settings
+        worker_input = job.worker_input()
+        if settings.image_delivery == "upload":
+            upload_url = await self.storage.signed_upload_url(job.upload_path)
+            if upload_url is None:
+                raise AlreadyStored
+            worker_input |= {"upload_url": upload_url, "storage_path": job.upload_path}
         payload: dict[str, Any] = {
-            "input": job.worker_input(),
+            "input": worker_input,
             "policy": {
                 "executionTimeout": int(settings.execution_timeout_seconds * 1000),
                 "ttl": int((settings.queue_budget_seconds + settings.execution_timeout_seconds) * 1000),
@@ -333,21 +357,34 @@ class JobRunner:
             expected_start=run.expected_start,
         )
 
-    async def _settle(self, run: JobRun, state: RunPodState) -> None:
+    async def _settle(self, run: JobRun, state: RunPodState | None) -> None:
+        """Check the image and move the row to succeeded (or failed). ``state`` is None when the
+        image was found already stored, with no run of ours to report on it."""
         job, seen = run.job, time.monotonic()
-        if not run.marked_running and state.delay_ms is not None and state.execution_ms is not None:
-            # It ran (a webhook, or a first look that found it finished, says so only now).
-            await self._mark_running(run, state)
-        if state.status == RunPodStatus.FAILED:
-            failure = WorkerFailure.parse(state.error)
-            await self._fail(run, failure.message, failure.retryable)
-            return
-        if state.status != RunPodStatus.COMPLETED:
-            raise RunPodUnavailable(f"RunPod ended the job {state.status}")
-        # Checking every pixel and hashing take milliseconds of CPU: off the event loop.
-        png, digest = await asyncio.to_thread(_checked_png, state.output, job.width, job.height)
-        url = await self.storage.upload_png(job.storage_path, png)
-        output = state.output
+        if state is not None:
+            if not run.marked_running and state.delay_ms is not None and state.execution_ms is not None:
+                # It ran (a webhook, or a first look that found it finished, says so only now).
+                await self._mark_running(run, state)
+            if state.status == RunPodStatus.FAILED:
+                failure = WorkerFailure.parse(state.error)
+                if self.settings.image_delivery == "upload":
+                    with contextlib.suppress(StorageError):
+                        await self.storage.remove(job.upload_path)
+                await self._fail(run, failure.message, failure.retryable)
+                return
+            if state.status != RunPodStatus.COMPLETED:
+                raise RunPodUnavailable(f"RunPod ended the job {state.status}")
+        output = state.output if state is not None and isinstance(state.output, dict) else {}
+        if state is None or "storage_path" in output:
+            data, digest = await self._check_stored(job, output)
+            if job.upload_path != job.storage_path:
+                await self.storage.upload(job.storage_path, data, job.content_type)
+            url = self.storage.public_url(job.storage_path)
+        else:
+            # Checking every pixel and hashing take milliseconds of CPU: off the event loop.
+            data, digest = await asyncio.to_thread(_checked_image, output, job.format, job.width, job.height)
+            url = await self.storage.upload(job.storage_path, data, job.content_type)
+        timings = {"queue_ms": state.delay_ms, "execution_ms": state.execution_ms} if state else {}
         stored = await self.store.succeed(
             Success(
                 job.id,
@@ -357,20 +394,36 @@ class JobRunner:
                 height=job.height,
                 steps=_reported(output, "steps") or job.steps,
                 seed=seed if (seed := _reported(output, "seed")) is not None else job.seed,
-                timings={
-                    "queue_ms": state.delay_ms,
-                    "execution_ms": state.execution_ms,
-                    **output.get("timings", {}),
-                },
+                timings={**timings, **_timings(output), **({} if state else {"found_stored": True})},
                 status_polls=run.polls,
             )
         )
         if not stored:
             raise LostJob
+        if job.upload_path != job.storage_path and self.settings.image_delivery == "upload":
+            with contextlib.suppress(StorageError):  # a leftover costs bytes, not correctness
+                await self.storage.remove(job.upload_path)
         COMPLETION_TO_STORED.observe(time.monotonic() - seen)
         STATUS_POLLS_PER_JOB.observe(run.polls)
         JOBS_FINISHED.labels(outcome="succeeded").inc()
         log.info("job.succeeded", storage_path=job.storage_path, status_polls=run.polls, attempt=run.attempt)
+
+    async def _check_stored(self, job: ClaimedJob, output: dict[str, Any]) -> tuple[bytes, str]:
+        """The image at the job's upload key, read back and checked whole, and its SHA-256. A bad
+        one is removed, so that the next attempt can upload there (BadResult: retryable)."""
+        if output and output.get("storage_path") != job.upload_path:
+            elsewhere = output.get("storage_path")
+            raise BadResult(f"the worker stored its image at {elsewhere!r}, not at the job's key")
+        data = await self.storage.download(job.upload_path)
+        try:
+            digest = await asyncio.to_thread(_checked_stored, data, job.format, job.width, job.height)
+        except BadResult:
+            await self.storage.remove(job.upload_path)
+            raise
+        if output and output.get("sha256") != digest:
+            # Another run of this job uploaded first: its image is the one kept.
+            log.info("job.kept_earlier_upload", reported_sha256=output.get("sha256"), stored_sha256=digest)
+        return data, digest
 
     async def _reuse(self, run: JobRun) -> bool:
         """An identical seeded request already succeeded: reuse its image, skip the GPU."""
@@ -382,7 +435,7 @@ class JobRunner:
         ):
             return False
         found = await self.store.find_reusable(job)
-        if found is None or not await self._copy_verified(found, job.storage_path):
+        if found is None or not await self._copy_verified(found, job.storage_path, job.content_type):
             return False
         stored = await self.store.succeed(
             Success(
@@ -403,20 +456,20 @@ class JobRunner:
             log.info("job.reused", reused_from=str(found.id))
         return True
 
-    async def _copy_verified(self, found: ReusableImage, path: str) -> bool:
+    async def _copy_verified(self, found: ReusableImage, path: str, content_type: str) -> bool:
         """Put the earlier job's bytes at ``path``, only if what sits at its key still hashes to
         what that job recorded (its owner may have written the key again since): never someone
         else's later image."""
         try:
-            png = await self.storage.download(found.storage_path)
+            data = await self.storage.download(found.storage_path)
         except StorageError as exc:
             log.info("job.reuse_skipped", reused_from=str(found.id), reason=str(exc))
             return False
-        if hashlib.sha256(png).hexdigest() != found.image_sha256:
+        if hashlib.sha256(data).hexdigest() != found.image_sha256:
             log.warning("job.reuse_skipped", reused_from=str(found.id), reason="stored bytes changed")
             return False
         if path != found.storage_path:
-            await self.storage.upload_png(path, png)
+            await self.storage.upload(path, data, content_type)
         return True
 
     async def _fail(self, run: JobRun, message: str, retryable: bool) -> None:
@@ -451,10 +504,21 @@ class JobRunner:
             await self.gpu.cancel(run.endpoint_id, run.runpod_job_id)
 
 
-def _checked_png(output: Any, width: int, height: int) -> tuple[bytes, str]:
-    """The worker's PNG, checked whole, and its SHA-256."""
-    png = decode_png(output, width, height)
-    return png, hashlib.sha256(png).hexdigest()
+def _checked_image(output: Any, image_format: str, width: int, height: int) -> tuple[bytes, str]:
+    """The worker's base64 image, checked whole, and its SHA-256."""
+    data = decode_image(output, image_format, width, height)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _checked_stored(data: bytes, image_format: str, width: int, height: int) -> str:
+    """The SHA-256 of a stored image, once it is checked whole."""
+    verify_image(data, image_format, width, height)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _timings(output: dict[str, Any]) -> dict[str, Any]:
+    timings = output.get("timings")
+    return timings if isinstance(timings, dict) else {}
 
 
 def _reported(output: dict[str, Any], name: str) -> int | None:

@@ -70,6 +70,12 @@ class DispatcherSettings(DatabaseSettings):
         "of its size had finished (higher: fewer calls that find it still running, later detection)",
     )
     reuse_seeded_images: bool = True
+    image_delivery: Literal["upload", "base64"] = Field(
+        default="upload",
+        description="upload: the worker puts the image in Storage through a signed upload URL made at "
+        "submit time, the dispatcher reads it back to check it; base64: the image comes in RunPod's "
+        "result, as workers before format/upload_url support need (they refuse the unknown field)",
+    )
     fixed_poll_interval_seconds: float | None = Field(
         default=None,
         gt=0,

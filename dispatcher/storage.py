@@ -30,15 +30,29 @@ class SupabaseStorage:
         self._bucket = AsyncStorageClient(f"{base}/storage/v1/", headers, http_client=http).from_(bucket)
         self._public_base = f"{base}/storage/v1/object/public/{bucket}"
 
-    async def upload_png(self, path: str, png: bytes) -> str:
-        """Upsert the PNG at path; return its public URL."""
+    async def upload(self, path: str, data: bytes, content_type: str) -> str:
+        """Upsert the image at path; return its public URL."""
         try:
-            await self._bucket.upload(path, png, {"content-type": "image/png", "upsert": "true"})
+            await self._bucket.upload(path, data, {"content-type": content_type, "upsert": "true"})
         except StorageApiError as exc:
             raise _storage_error(f"upload of {path}", exc) from exc
         except httpx.HTTPError as exc:
             raise StorageError(f"upload of {path} failed: {type(exc).__name__}") from exc
         return self.public_url(path)
+
+    async def signed_upload_url(self, path: str) -> str | None:
+        """A URL that can write path once (Storage keeps it valid two hours), for the worker to
+        upload to with no credential of its own; None if an object is already there (Storage
+        refuses to sign an upload over it)."""
+        try:
+            signed = await self._bucket.create_signed_upload_url(path)
+        except StorageApiError as exc:
+            if str(exc.status) == "409":
+                return None
+            raise _storage_error(f"signing an upload of {path}", exc) from exc
+        except httpx.HTTPError as exc:
+            raise StorageError(f"signing an upload of {path} failed: {type(exc).__name__}") from exc
+        return str(signed["signed_url"])
 
     async def download(self, path: str) -> bytes:
         try:
@@ -47,6 +61,14 @@ class SupabaseStorage:
             raise _storage_error(f"download of {path}", exc) from exc
         except httpx.HTTPError as exc:
             raise StorageError(f"download of {path} failed: {type(exc).__name__}") from exc
+
+    async def remove(self, path: str) -> None:
+        try:
+            await self._bucket.remove([path])
+        except StorageApiError as exc:
+            raise _storage_error(f"removal of {path}", exc) from exc
+        except httpx.HTTPError as exc:
+            raise StorageError(f"removal of {path} failed: {type(exc).__name__}") from exc
 
     def public_url(self, path: str) -> str:
         return f"{self._public_base}/{path}"

@@ -177,6 +177,8 @@ class PostgresJobStore:
             "quality": job.quality,
             "aspect_ratio": job.aspect_ratio,
             "seed": job.seed,
+            "format": job.format,
+            "output_quality": job.output_quality,
         }
         async with self._connection() as conn, conn.cursor(row_factory=class_row(ReusableImage)) as cursor:
             await cursor.execute(QUERIES["find_reusable"], params)

@@ -20,7 +20,7 @@ FORMATS = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
 DEFAULT_OUTPUT_QUALITY = 90  # for webp and jpeg, when none is asked for
 MAX_URL_CHARS = 8192
 
-_KNOWN_KEYS = frozenset(
+KNOWN_KEYS = frozenset(
     {
         "prompt",
         "quality",
@@ -105,8 +105,8 @@ def parse_delivery(raw: Any) -> Delivery:
 def _check_keys(raw: Any) -> None:
     if not isinstance(raw, dict):
         raise InvalidInput(f"input: must be an object, got {type(raw).__name__}")
-    if unknown := sorted(set(raw) - _KNOWN_KEYS):
-        raise InvalidInput(f"{unknown[0]}: unknown field (allowed: {', '.join(sorted(_KNOWN_KEYS))})")
+    if unknown := sorted(set(raw) - KNOWN_KEYS):
+        raise InvalidInput(f"{unknown[0]}: unknown field (allowed: {', '.join(sorted(KNOWN_KEYS))})")
 
 
 def _text(raw: dict[str, Any], key: str) -> str | None:
@@ -136,7 +136,7 @@ def _prompt(raw: dict[str, Any]) -> str:
 
 def _choice(raw: dict[str, Any], key: str, allowed: dict[str, Any], default: str) -> str:
     value = raw.get(key, default)
-    if value not in allowed or not isinstance(value, str):
+    if not isinstance(value, str) or value not in allowed:  # a list or dict is not hashable
         choices = ", ".join(f'"{choice}"' for choice in allowed)
         raise InvalidInput(f"{key}: must be one of {choices}, got {value!r}")
     return value

@@ -3,12 +3,14 @@
 -- name: insert_batch
 -- As the caller (act_as_user first, for users): RLS and the insert trigger check the values
 -- and make the jobs; a refusal is mapped to a 4xx in api/batches.py.
-insert into public.image_batches (user_id, prompts, quality, aspect_ratio, project_id, seed, timings)
-values (%(user_id)s, %(prompts)s, %(quality)s, %(aspect_ratio)s, %(project_id)s, %(seed)s, %(timings)s)
+insert into public.image_batches
+  (user_id, prompts, quality, aspect_ratio, project_id, seed, timings, format, output_quality)
+values (%(user_id)s, %(prompts)s, %(quality)s, %(aspect_ratio)s, %(project_id)s, %(seed)s, %(timings)s,
+        %(format)s, %(output_quality)s)
 returning id;
 
 -- name: batch
-select id, user_id, created_at, quality, aspect_ratio, project_id
+select id, user_id, created_at, quality, aspect_ratio, project_id, format, output_quality
   from public.image_batches
  where id = %(batch_id)s;
 

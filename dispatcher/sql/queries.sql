@@ -60,7 +60,7 @@ with due as (
 )
 select c.id, c.batch_id, c.user_id, c.position, c.prompt, c.quality, c.aspect_ratio, c.seed,
        c.attempts, c.max_attempts, c.width, c.height, c.steps, c.runpod_job_id, c.runpod_endpoint_id,
-       c.created_at, c.previous_status, c.storage_path, c.submissions
+       c.created_at, c.previous_status, c.storage_path, c.submissions, c.format, c.output_quality
   from claimed c;
 
 -- name: mark_submitted
@@ -183,6 +183,7 @@ select id, storage_path, image_sha256, width, height, steps
   from public.image_jobs
  where md5(prompt) = md5(%(prompt)s) and prompt = %(prompt)s and quality = %(quality)s
    and aspect_ratio = %(aspect_ratio)s and seed = %(seed)s and status = 'succeeded'
+   and format = %(format)s and output_quality is not distinct from %(output_quality)s
    and image_sha256 is not null
  order by finished_at desc
  limit 1;

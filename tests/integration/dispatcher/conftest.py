@@ -59,7 +59,7 @@ async def cloud(tmp_path: Path) -> AsyncIterator[Cloud]:
             "generated-assets",
             public=True,
             file_size_limit=20 * 1024 * 1024,
-            allowed_mime_types=["image/png"],
+            allowed_mime_types=["image/png", "image/jpeg", "image/webp"],
         )
     )
     runpod_server = LoopbackServer(

@@ -68,6 +68,7 @@ async def test_a_retryable_failure_is_retried_then_fails_after_max_attempts(
 ) -> None:
     cloud.platform.faults.update({"rate_fail_retryable": 1.0})
     cloud.add_workers(count=2)
+    # A FAILED run's upload is removed (it was the worker's), so nothing stands in for it.
     async with dispatcher():
         batch_id = await insert_batch(database_url, ["an unlucky scene"])
         await wait_for_batch(database_url, batch_id)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from devstack.png import solid_png
 from dispatcher.domain import BadResult
-from dispatcher.images import decode_png, verify_png
+from dispatcher.images import decode_image, verify_png
 
 
 def chunk(kind: bytes, data: bytes) -> bytes:
@@ -124,10 +124,10 @@ def test_unsound_pngs_are_refused(png: bytes, message: str) -> None:
 def test_the_bomb_is_refused_without_inflating_it() -> None:
     assert len(BOMB) < 300_000  # small on the wire: it is the inflated size that is refused
     with pytest.raises(BadResult, match="inflates past"):
-        decode_png({"image_base64": base64.b64encode(BOMB).decode()}, 1024, 576)
+        decode_image({"image_base64": base64.b64encode(BOMB).decode()}, "png", 1024, 576)
 
 
 @pytest.mark.parametrize("output", [None, [], {}, {"image_base64": 5}, {"image_base64": "@@not base64@@"}])
 def test_outputs_without_a_png_are_refused(output: object) -> None:
     with pytest.raises(BadResult):
-        decode_png(output, 1024, 576)
+        decode_image(output, "png", 1024, 576)

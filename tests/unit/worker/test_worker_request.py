@@ -5,9 +5,30 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from worker.errors import InvalidInput, OutOfMemory
-from worker.request import MAX_SEED, parse_request
+from worker.request import (
+    FORMATS,
+    KNOWN_KEYS,
+    MAX_SEED,
+    Delivery,
+    parse_delivery,
+    parse_job,
+    parse_request,
+)
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.sampled_from(["png", "webp", "jpeg", "https://x/y", "a prompt"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=5,
+)
 
 
 @pytest.mark.parametrize(
@@ -83,3 +104,43 @@ def test_error_contract_is_json_with_a_retryable_flag() -> None:
         '{"error_type": "invalid_input", "error_message": "prompt: required", "retryable": false}'
     )
     assert '"retryable": true' in OutOfMemory("GPU out of memory").to_runpod_error()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"prompt": "a", "format": "gif"}, 'format: must be one of "png", "webp", "jpeg", got \'gif\''),
+        ({"prompt": "a", "output_quality": 80}, "output_quality: applies to webp and jpeg only"),
+        ({"prompt": "a", "format": "jpeg", "output_quality": 0}, "output_quality: must be between 1 and"),
+        ({"prompt": "a", "format": "webp", "output_quality": 101}, "output_quality: must be between 1 and"),
+        ({"prompt": "a", "format": "webp", "output_quality": 9.5}, "output_quality: must be an integer"),
+        ({"prompt": "a", "upload_url": "https://s/x"}, "upload_url: give upload_url and storage_path"),
+        ({"prompt": "a", "storage_path": "k.png"}, "upload_url: give upload_url and storage_path"),
+        ({"prompt": "a", "upload_url": "file:///x", "storage_path": "k"}, "upload_url: must be an http"),
+        ({"prompt": "a", "upload_url": "", "storage_path": "k"}, "upload_url: must be a non-empty string"),
+        ({"prompt": "a", "upload_url": "https://s/x", "storage_path": 7}, "storage_path: must be a non-"),
+    ],
+)
+def test_bad_delivery_is_refused_naming_the_field(raw: Any, message: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_job(raw)
+    assert str(caught.value).startswith(message)
+
+
+def test_delivery_defaults_to_a_base64_png_and_lossy_formats_to_quality_90() -> None:
+    assert parse_delivery({"prompt": "a"}) == Delivery("png", None, None, None)
+    assert parse_delivery({"prompt": "a", "format": "jpeg"}).output_quality == 90
+    webp = parse_delivery({"prompt": "a", "format": "webp", "output_quality": 40})
+    assert (webp.output_quality, webp.content_type) == (40, "image/webp")
+
+
+@given(st.dictionaries(st.sampled_from([*sorted(KNOWN_KEYS), "extra"]), JSON_VALUES, max_size=6))
+def test_any_input_is_parsed_or_refused_with_invalid_input(raw: dict[str, Any]) -> None:
+    try:
+        request, delivery = parse_job(raw)
+    except InvalidInput:
+        return
+    assert delivery.format in FORMATS
+    assert (delivery.output_quality is None) == (delivery.format == "png")
+    assert (delivery.upload_url is None) == (delivery.storage_path is None)
+    assert request.prompt
