@@ -9,7 +9,9 @@ With ``--payload BYTES`` (a realistic image: 1500000 for a 1.5 MB PNG), it measu
 the two ways an image reaches Storage, side by side in one run: in RunPod's result as base64
 (IMAGE_DELIVERY=base64), or uploaded by the worker to a signed URL (upload), for which the
 dispatcher reads it back to check it. Per image: the dispatcher's CPU, the bytes that cross
-RunPod (the job's input and its result, as JSON), and images per second.
+RunPod (the job's input and its result, as JSON), and images per second. The stand-ins share
+one process here, so in upload mode it plays the worker's upload as well as Storage (on RunPod
+the upload runs on the worker's machine): its CPU is reported beside the dispatcher's.
 
     python bench/throughput.py --payload 1500000 [--images 300]
 """
@@ -99,22 +101,28 @@ async def throughput(cloud: BenchCloud, images: int, mode: str) -> dict[str, flo
 
 
 async def delivery(cloud: BenchCloud, images: int, payload_bytes: int, mode: str) -> dict[str, float]:
-    """One delivery mode with heavy images, polled, 16 workers, everything admitted at once."""
-    database = cloud.fresh_database(f"delivery_{mode}")
+    """One delivery mode with heavy images: 16 workers, 64 jobs submitted at once, completion by
+    webhook (polling would measure its own schedule, not the delivery)."""
+    database, port = cloud.fresh_database(f"delivery_{mode}"), free_port()
     environment = cloud.environment(
-        database, MAX_IN_FLIGHT="64", MAX_IN_FLIGHT_PER_USER="64", ADMISSION="fixed", IMAGE_DELIVERY=mode
+        database,
+        MAX_IN_FLIGHT="64",
+        MAX_IN_FLIGHT_PER_USER="64",
+        ADMISSION="fixed",
+        IMAGE_DELIVERY=mode,
+        WEBHOOK_PUBLIC_URL=f"http://127.0.0.1:{port}",
     )
     cloud.start_workers(16, "0", payload_bytes=payload_bytes)
     known = set(cloud.platform.jobs)
     async with (
-        dispatcher_process(environment) as dispatcher,
+        dispatcher_process(environment, port) as dispatcher,
         await psycopg.AsyncConnection.connect(cloud.postgres.dsn(database), autocommit=True) as conn,
     ):
-        cpu_before, started = dispatcher.cpu_seconds(), time.monotonic()
+        cpu_before, started = cpu_now(cloud, dispatcher), time.monotonic()
         await insert_images(conn, images, f"delivery {mode}")
         await wait_for(conn, "status = 'succeeded'", images, timeout_s=600)
         elapsed = time.monotonic() - started
-        cpu = dispatcher.cpu_seconds() - cpu_before
+        cpu = {name: after - cpu_before[name] for name, after in cpu_now(cloud, dispatcher).items()}
     await cloud.stop_workers()
     jobs = [job for job_id, job in cloud.platform.jobs.items() if job_id not in known]
     through_runpod = sum(len(json.dumps(job.input)) + len(json.dumps(job.output)) for job in jobs)
@@ -123,7 +131,7 @@ async def delivery(cloud: BenchCloud, images: int, payload_bytes: int, mode: str
         "payload_bytes": payload_bytes,
         "seconds": round(elapsed, 2),
         "images_per_s": round(images / elapsed, 1),
-        "dispatcher_cpu_ms_per_image": round(cpu * 1000 / images, 3),
+        **{f"{name}_cpu_ms_per_image": round(seconds * 1000 / images, 3) for name, seconds in cpu.items()},
         "bytes_through_runpod_per_image": round(through_runpod / len(jobs)),
     }
 
@@ -164,8 +172,8 @@ async def main() -> None:
         for mode, result in modes.items():
             print(
                 f"{mode}: {result['images_per_s']} images/s; dispatcher CPU ms per image "
-                f"{result['dispatcher_cpu_ms_per_image']}; {result['bytes_through_runpod_per_image']} "
-                "bytes through RunPod per image",
+                f"{result['dispatcher_cpu_ms_per_image']} (stand-ins {result['standins_cpu_ms_per_image']}); "
+                f"{result['bytes_through_runpod_per_image']} bytes through RunPod per image",
                 file=sys.stderr,
             )
         print(json.dumps({"bench": "delivery", **modes}))

@@ -156,6 +156,7 @@ class LocalStorage:
         self.buckets: dict[str, Bucket] = {}
         self.objects: dict[tuple[str, str], StoredObject] = {}
         self.writes: Counter[tuple[str, str]] = Counter()  # uploads per object, for tests
+        self.upload_url_lifetime_s = 2 * 3600  # as Storage makes them; tests shorten it
 
     def path_of(self, bucket: str, name: str) -> Path:
         return self.root / bucket / name
@@ -381,7 +382,7 @@ class LocalStorage:
         upsert = request.headers.get("x-upsert", "").lower() == "true"
         if (bucket.id, name) in self.objects and not upsert:
             return _duplicate()
-        token = self._url_token(f"{bucket.id}/{name}", 2 * 3600, upsert=upsert)
+        token = self._url_token(f"{bucket.id}/{name}", self.upload_url_lifetime_s, upsert=upsert)
         return StorageJSON({"url": f"/object/upload/sign/{bucket.id}/{name}?token={token}", "token": token})
 
     async def upload_signed(self, request: Request) -> Response:

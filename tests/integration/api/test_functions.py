@@ -29,6 +29,12 @@ GENERATE = "/functions/v1/generate-images"
         ({"prompts": ["a"], "seed": "7"}, "seed: must be an integer"),
         ({"prompts": ["a"], "seed": -1}, "seed: must be between 0 and 4294967295"),
         ({"prompts": ["a"], "projectId": 12}, "projectId: must be a string"),
+        ({"prompts": ["a"], "format": "gif"}, 'format: must be "png", "webp" or "jpeg", got \'gif\''),
+        ({"prompts": ["a"], "format": ["png"]}, "format: must be a string"),
+        ({"prompts": ["a"], "output_quality": 80}, "output_quality: applies to webp and jpeg only"),
+        ({"prompts": ["a"], "format": "jpeg", "output_quality": 0}, "output_quality: must be between 1"),
+        ({"prompts": ["a"], "format": "jpeg", "output_quality": 2**40}, "output_quality: out of range"),
+        ({"prompts": ["a"], "format": "webp", "output_quality": "high"}, "output_quality: must be an"),
     ],
 )
 async def test_bad_bodies_get_400_naming_the_field_and_insert_nothing(
@@ -40,6 +46,15 @@ async def test_bad_bodies_get_400_naming_the_field_and_insert_nothing(
     assert response.json()["success"] is False
     assert message in response.json()["error"]
     assert await _batches(api.database_url) == 0
+
+
+async def test_a_lossy_format_is_taken_and_shown_with_its_default_quality(api: Api) -> None:
+    async with api.client(api.token()) as client:
+        accepted = await client.post(GENERATE, json={"prompts": ["a"], "format": "webp", "wait": False})
+        assert accepted.status_code == 202, accepted.text
+        status = await client.get(accepted.json()["status_url"])
+    assert (status.json()["format"], status.json()["output_quality"]) == ("webp", 90)
+    assert status.json()["jobs"][0]["job_id"]
 
 
 async def test_a_body_that_is_not_json_is_refused(api: Api) -> None:

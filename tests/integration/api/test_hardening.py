@@ -210,6 +210,8 @@ BODY = st.fixed_dictionaries(
         "aspectRatio": st.sampled_from(["16:9", "1:1", "9:16"]) | VALUE,
         "projectId": st.sampled_from(["rome", "athens"]) | VALUE,
         "seed": st.integers(-5, 2**64) | VALUE,
+        "format": st.sampled_from(["png", "webp", "jpeg"]) | VALUE,
+        "output_quality": st.integers(-5, 2**64) | VALUE,
     },
 )
 

@@ -16,9 +16,11 @@ from dispatcher.storage import SupabaseStorage
 from tests.integration.dispatcher.conftest import (
     Cloud,
     DispatcherFactory,
+    events_of,
     insert_batch,
     jobs_of,
     wait_for_batch,
+    wait_until,
 )
 
 BUCKET = "generated-assets"
@@ -145,3 +147,26 @@ async def test_two_runs_of_one_job_store_one_image_the_first(
     (job,) = await jobs_of(database_url, batch)
     assert cloud.storage.writes[(BUCKET, job["storage_path"])] == 1
     assert hashlib.sha256(stored(cloud, job["storage_path"])).hexdigest() == job["image_sha256"]
+
+
+async def test_an_upload_url_that_expired_before_the_worker_ran_is_made_afresh_on_retry(
+    database_url: str, cloud: Cloud, dispatcher: DispatcherFactory
+) -> None:
+    cloud.storage.upload_url_lifetime_s = -1  # expired when made: as if it had waited hours in a queue
+    cloud.add_workers(count=1)
+    async with dispatcher():
+        batch = await insert_batch(database_url, ["a scene that waited too long"])
+
+        async def retried() -> bool:
+            return any(kind == "retrying" for kind, _ in await events_of(database_url, batch))
+
+        await wait_until(retried, timeout_s=20)
+        cloud.storage.upload_url_lifetime_s = 2 * 3600
+        assert (await wait_for_batch(database_url, batch))["failed"] == 0
+    (job,) = await jobs_of(database_url, batch)
+    assert job["status"] == "succeeded"
+    assert job["attempts"] >= 2
+    urls = {submitted.input["upload_url"] for submitted in cloud.platform.jobs.values()}
+    assert len(urls) == len(cloud.platform.jobs) >= 2, "each submission signs its own URL"
+    failures = [submitted.error for submitted in cloud.platform.jobs.values() if submitted.error]
+    assert all(json.loads(error)["error_type"] == "upload_failed" for error in failures)

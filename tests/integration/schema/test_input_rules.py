@@ -17,12 +17,13 @@ from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
 from worker.errors import InvalidInput
-from worker.request import parse_request
+from worker.request import parse_job
 from worker.text import strip_blank
 
 USER_A = "aaaaaaaa-0000-0000-0000-00000000000a"
 USER_B = "bbbbbbbb-0000-0000-0000-00000000000b"
-SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*\.png$")
+SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*\.(png|webp|jpg)$")
+EXTENSIONS = {"png": ".png", "webp": ".webp", "jpeg": ".jpg"}
 REFUSALS = (psycopg.errors.CheckViolation, psycopg.errors.InsufficientPrivilege, psycopg.errors.DataError)
 
 
@@ -84,7 +85,7 @@ def test_the_database_the_http_layer_and_the_worker_agree_on_blank_for_every_cha
     assert not {"a", "\u200e", "_", "\u00ad"} & python_blank  # marks and soft hyphens are not blank
     for c in sorted(python_blank):
         with pytest.raises(InvalidInput, match="blank"):
-            parse_request({"prompt": c * 3})
+            parse_job({"prompt": c * 3})
 
 
 def test_a_prompt_of_non_breaking_spaces_is_refused_and_length_counts_after_trimming(
@@ -205,6 +206,8 @@ BATCH = st.fixed_dictionaries(
         "seed": st.none() | st.integers(-1, 2**32),
         "project_id": PROJECT,
         "timings": st.none() | st.lists(TIMING | JSON, max_size=4),
+        "format": st.sampled_from(["png", "webp", "jpeg", "gif", "PNG", ""]),
+        "output_quality": st.none() | st.integers(-1, 101),
     }
 )
 
@@ -223,10 +226,13 @@ def test_whatever_is_inserted_is_refused_with_a_reason_or_can_be_run_and_stored_
             continue
         for job in jobs(conn, batch_id):
             # the worker takes it as it is: no GPU run can fail on what was accepted
-            parse_request(
-                {"prompt": job["prompt"], "quality": job["quality"], "aspectRatio": job["aspect_ratio"]}
-            )
+            worker_input = {"prompt": job["prompt"], "quality": job["quality"]}
+            worker_input["aspectRatio"] = job["aspect_ratio"]
+            if job["format"] != "png":
+                worker_input |= {"format": job["format"], "output_quality": job["output_quality"]}
+            parse_job(worker_input)
             assert SAFE_KEY.match(job["storage_path"]), job["storage_path"]
+            assert job["storage_path"].endswith(EXTENSIONS[job["format"]])
             assert ".." not in job["storage_path"].split("/")
     owners = conn.execute(
         "select storage_path, count(distinct coalesce(user_id::text, '-')) from image_jobs group by 1"
