@@ -49,6 +49,12 @@ def add_operator_commands(commands: argparse._SubParsersAction[argparse.Argument
     submit.add_argument("--aspect-ratio", choices=["16:9", "1:1", "9:16"], default="16:9")
     submit.add_argument("--project-id", help="store under {project-id}/images/ (with timed prompts)")
     submit.add_argument("--seed", type=int, help="a fixed seed (identical requests then reuse the image)")
+    submit.add_argument(
+        "--format", choices=["png", "webp", "jpeg"], default="png", help="png (lossless), webp or jpeg"
+    )
+    submit.add_argument(
+        "--output-quality", type=int, help="webp and jpeg: 1-100 (default 90); smaller files, more loss"
+    )
     submit.add_argument("--json", action="store_true", help="print one JSON object (no progress bar)")
     submit.set_defaults(run=run_submit)
 
@@ -106,6 +112,10 @@ def run_submit(args: argparse.Namespace) -> int:
         body["projectId"] = args.project_id
     if args.seed is not None:
         body["seed"] = args.seed
+    if args.format != "png":
+        body["format"] = args.format
+    if args.output_quality is not None:
+        body["output_quality"] = args.output_quality
     bar = None if args.json else ProgressBar(f"{len(prompts)} image(s)")
     try:
         complete = asyncio.run(submit(settings.zimage_api_url, token, body, bar))
