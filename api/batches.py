@@ -17,12 +17,15 @@ from api.errors import HttpError
 from api.idempotency import IdempotencyKey
 from api.queries import QUERIES
 from kernel.db import act_as_user
+from kernel.webhook_targets import url_problem
 from worker.request import MAX_SEED
 
 # The database names its columns; the frontend's body names them in camelCase.
 _BODY_NAMES = {"aspect_ratio": "aspectRatio", "project_id": "projectId"}
 _FIELD = re.compile(r"^(\w+)")
 _TIMING = re.compile(r"^timings\b")  # the body has no timings: they come with its prompts
+WEBHOOK_EVENTS = ("image", "failed", "complete")
+WEBHOOK_STATES = ("pending", "delivered", "failed")
 
 
 @dataclass(frozen=True)
@@ -35,10 +38,13 @@ class BatchRequest:
     timings: list[dict[str, Any]] | None = None  # per prompt {index, startTime, endTime}
     format: str = "png"  # png | webp | jpeg
     output_quality: int | None = None  # webp and jpeg: 1-100 (the database's default: 90)
+    webhook: str | None = None  # called with the batch's events (dispatcher/outbound.py)
+    webhook_events: list[str] | None = None  # image, failed, complete; the database's default: complete
 
     @classmethod
-    def from_body(cls, body: dict[str, Any]) -> BatchRequest:
-        """Shapes and types here; the values' rules are the database's (one set of rules, one place)."""
+    def from_body(cls, body: dict[str, Any], webhook_hosts: frozenset[str] = frozenset()) -> BatchRequest:
+        """Shapes and types here; the values' rules are the database's (one set of rules, one place),
+        but for the webhook's target, which depends on the deployment's allowed hosts."""
         prompts = body.get("prompts")
         if not isinstance(prompts, list) or not prompts:
             raise HttpError(
@@ -65,6 +71,8 @@ class BatchRequest:
             timings=timings,
             format=_string(body, "format", "png"),
             output_quality=_optional_integer(body, "output_quality"),
+            webhook=_webhook(body, webhook_hosts),
+            webhook_events=_webhook_events(body),
         )
 
 
@@ -83,6 +91,26 @@ def _optional_string(body: dict[str, Any], name: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise HttpError(400, f"{name}: must be a string")
     return value or None
+
+
+def _webhook(body: dict[str, Any], hosts: frozenset[str]) -> str | None:
+    url = _optional_string(body, "webhook")
+    if url is not None and (problem := url_problem(url, hosts)) is not None:
+        raise HttpError(400, f"webhook: {problem}")
+    return url
+
+
+def _webhook_events(body: dict[str, Any]) -> list[str] | None:
+    events = body.get("webhook_events")
+    if events is None:
+        return None
+    if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
+        raise HttpError(400, "webhook_events: a non-empty list of event types")
+    if unknown := sorted(set(events) - set(WEBHOOK_EVENTS)):
+        raise HttpError(400, f"webhook_events: {unknown[0]!r} is not one of {', '.join(WEBHOOK_EVENTS)}")
+    if "webhook" not in body:
+        raise HttpError(400, "webhook_events: give a webhook to send them to")
+    return sorted(set(events), key=WEBHOOK_EVENTS.index)
 
 
 def _optional_integer(body: dict[str, Any], name: str) -> int | None:
@@ -132,6 +160,8 @@ async def insert_batch(
                     "timings": Jsonb(batch.timings) if batch.timings is not None else None,
                     "format": batch.format,
                     "output_quality": batch.output_quality,
+                    "webhook": batch.webhook,
+                    "webhook_events": batch.webhook_events,
                 },
             )
             row = await cursor.fetchone()
@@ -165,6 +195,10 @@ async def batch_snapshot(conn: psycopg.AsyncConnection[Any], batch_id: UUID) -> 
             return None
         await cursor.execute(QUERIES["batch_jobs"], {"batch_id": batch_id})
         jobs = await cursor.fetchall()
+        deliveries: list[dict[str, Any]] = []
+        if batch["webhook"] is not None:
+            await cursor.execute(QUERIES["batch_webhook_deliveries"], {"batch_id": batch_id})
+            deliveries = await cursor.fetchall()
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job["status"]] = counts.get(job["status"], 0) + 1
@@ -177,6 +211,9 @@ async def batch_snapshot(conn: psycopg.AsyncConnection[Any], batch_id: UUID) -> 
         "projectId": batch["project_id"],
         "format": batch["format"],
         "output_quality": batch["output_quality"],
+        "webhook": None
+        if batch["webhook"] is None
+        else {"url": batch["webhook"], "events": batch["webhook_events"], **_deliveries(deliveries)},
         "total": len(jobs),
         "counts": counts,
         "done": all(job["status"] in ("succeeded", "failed", "cancelled") for job in jobs),
@@ -195,4 +232,24 @@ async def batch_snapshot(conn: psycopg.AsyncConnection[Any], batch_id: UUID) -> 
             }
             for job in jobs
         ],
+    }
+
+
+def _deliveries(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The webhook's deliveries: how many by status, the latest attempt, and the next one due."""
+    attempted = [row for row in rows if row["last_attempt_at"] is not None]
+    last = max(attempted, key=lambda row: row["last_attempt_at"], default=None)
+    due = [row["next_attempt_at"] for row in rows if row["status"] == "pending"]
+    return {
+        "deliveries": {status: sum(row["status"] == status for row in rows) for status in WEBHOOK_STATES},
+        "last_attempt": None
+        if last is None
+        else {
+            "at": last["last_attempt_at"].isoformat(),
+            "type": last["type"],
+            "attempts": last["attempts"],
+            "status": last["last_status"],
+            "error": last["last_error"],
+        },
+        "next_attempt_at": min(due).isoformat() if due else None,
     }

@@ -58,7 +58,13 @@ class ApiSettings(DatabaseSettings):
         "comma-separated (default none: the connection's own address is the client's)",
     )
 
-    @field_validator("cors_allowed_origins", mode="before")
+    outbound_webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="comma-separated hosts a batch's webhook may name at a private address or by plain "
+        "http (the dispatchers check again when they deliver)",
+    )
+
+    @field_validator("cors_allowed_origins", "outbound_webhook_allowed_hosts", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         return _comma_list(value) if isinstance(value, str) else value

@@ -265,3 +265,16 @@ class Success:
     timings: dict[str, Any]
     status_polls: int
     reused_from: UUID | None = None
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """An outbox row claimed for one attempt (``attempts`` counts this one)."""
+
+    id: int
+    batch_id: UUID
+    event_id: int
+    url: str
+    type: str
+    body: dict[str, Any]
+    attempts: int

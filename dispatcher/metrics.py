@@ -5,6 +5,11 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 JOBS_FINISHED = Counter("zimage_jobs_finished_total", "Jobs finished, by outcome", ["outcome"])
+OUTBOUND_WEBHOOKS = Counter(
+    "zimage_outbound_webhook_attempts_total",
+    "Outbound webhook attempts, by outcome (delivered, retrying, given_up)",
+    ["outcome"],
+)
 JOBS_IN_FLIGHT = Gauge("zimage_jobs_in_flight", "Jobs this dispatcher holds a lease on")
 RUNPOD_CALLS = Counter(
     "zimage_runpod_calls_total", "Calls to RunPod, by route and status", ["route", "status"]

@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 
 from dispatcher.app import dispatcher_routes
 from dispatcher.claiming import Dispatcher
+from dispatcher.outbound import OutboundPolicy, OutboundWebhooks
 from dispatcher.ports import WakeupSource
 from dispatcher.runpod import RetryPolicy, RunPodClient
 from dispatcher.settings import DispatcherSettings
@@ -91,11 +92,21 @@ async def running_service(
         supervisor.start(name, loop)
     for name, source in sources.items():
         supervisor.start(f"wakeup-{name}", source.run)
+    if settings.outbound_webhook_secret is not None:
+        policy = OutboundPolicy.from_secret(
+            settings.outbound_webhook_secret.get_secret_value(),
+            settings.outbound_webhook_allowed_hosts,
+            retry_base_s=settings.outbound_webhook_retry_base_seconds,
+            retry_max_s=settings.outbound_webhook_retry_max_seconds,
+            give_up_s=settings.outbound_webhook_give_up_seconds,
+        )
+        supervisor.start("outbound-webhooks", OutboundWebhooks(store, policy).run)
     log.info(
         "dispatcher.started",
         dispatcher_id=settings.dispatcher_id,
         endpoints=settings.runpod_endpoint_id,
         webhook=bool(settings.webhook_public_url),
+        outbound_webhooks=settings.outbound_webhook_secret is not None,
         wakeup=settings.wakeup_source,
     )
     try:

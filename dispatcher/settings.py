@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from kernel.settings import DatabaseSettings
+from kernel.webhook_signatures import secret_key
 
 
 class DispatcherSettings(DatabaseSettings):
@@ -86,6 +87,35 @@ class DispatcherSettings(DatabaseSettings):
         description="postgres: LISTEN (needs a direct or session-pooled DATABASE_URL); realtime: Supabase "
         "Realtime (SUPABASE_URL and the key only); both; none: the sweep alone",
     )
+
+    outbound_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="signs the webhooks batches ask for (Standard Webhooks, whsec_ and base64); unset: "
+        "none are delivered (they wait in the outbox)",
+    )
+    outbound_webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated hosts a webhook may reach even at a private address, and by plain http",
+    )
+    outbound_webhook_retry_base_seconds: float = Field(default=5, gt=0)
+    outbound_webhook_retry_max_seconds: float = Field(default=3600, gt=0)
+    outbound_webhook_give_up_seconds: float = Field(
+        default=24 * 3600, gt=0, description="a delivery is retried until it is this old"
+    )
+
+    @field_validator("outbound_webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secret_key(value.get_secret_value())  # ValueError says what is wrong, never the value
+        return value
+
+    @field_validator("outbound_webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("runpod_endpoint_id", mode="before")
     @classmethod

@@ -20,7 +20,15 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from dispatcher.domain import NOBODY, ClaimedJob, JobStatus, ReusableImage, StoreUnavailable, Success
+from dispatcher.domain import (
+    NOBODY,
+    ClaimedJob,
+    JobStatus,
+    ReusableImage,
+    StoreUnavailable,
+    Success,
+    WebhookDelivery,
+)
 from dispatcher.queries import QUERIES
 from kernel.logs import first_line
 
@@ -183,6 +191,35 @@ class PostgresJobStore:
         async with self._connection() as conn, conn.cursor(row_factory=class_row(ReusableImage)) as cursor:
             await cursor.execute(QUERIES["find_reusable"], params)
             return await cursor.fetchone()
+
+    # ---- the outbound webhooks' outbox ------------------------------------------------------
+    async def claim_webhook_deliveries(self, limit: int, lease_s: float) -> list[WebhookDelivery]:
+        params = {"owner": self.owner, "limit": limit, "lease_s": lease_s}
+        async with self._connection() as conn, conn.cursor(row_factory=class_row(WebhookDelivery)) as cursor:
+            await cursor.execute(QUERIES["claim_webhook_deliveries"], params)
+            return await cursor.fetchall()
+
+    async def webhook_delivered(self, delivery_id: int, status: int | None) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                QUERIES["webhook_delivered"], {"id": delivery_id, "owner": self.owner, "status": status}
+            )
+
+    async def webhook_attempt_failed(
+        self, delivery_id: int, status: int | None, error: str, retry_in_s: float, give_up_s: float
+    ) -> str | None:
+        """'pending' (to be retried) or 'failed' (given up); None if the lease was lost."""
+        params = {
+            "id": delivery_id,
+            "owner": self.owner,
+            "status": status,
+            "error": error,
+            "retry_in_s": retry_in_s,
+            "give_up_s": give_up_s,
+        }
+        async with self._connection() as conn:
+            row = await (await conn.execute(QUERIES["webhook_attempt_failed"], params)).fetchone()
+        return None if row is None else str(row[0])
 
     async def announce_completion(self, job_id: UUID) -> None:
         """Tell the other replicas that this job's webhook arrived here."""

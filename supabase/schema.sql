@@ -458,6 +458,33 @@ $$;
 ALTER FUNCTION public.image_job_events_sequence() OWNER TO postgres;
 
 --
+-- Name: image_job_events_to_outbox(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.image_job_events_to_outbox() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  batch public.image_batches;
+begin
+  select * into batch from public.image_batches b where b.id = new.batch_id;
+  if batch.webhook is null or not (new.kind = any (batch.webhook_events)) then
+    return null;
+  end if;
+  insert into public.image_webhook_deliveries (batch_id, event_id, url, type, body)
+  values (new.batch_id, new.id, batch.webhook, new.kind,
+          jsonb_build_object('type', new.kind, 'batch_id', new.batch_id, 'seq', new.seq,
+                             'created_at', new.created_at) || new.payload);
+  perform pg_notify('image_webhooks_due', new.batch_id::text);
+  return null;
+end
+$$;
+
+
+ALTER FUNCTION public.image_job_events_to_outbox() OWNER TO postgres;
+
+--
 -- Name: image_job_storage_path(uuid, text, jsonb, text); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -657,7 +684,11 @@ CREATE TABLE public.image_batches (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     last_event_seq integer DEFAULT 0 NOT NULL,
     format text DEFAULT 'png'::text NOT NULL,
-    output_quality integer
+    output_quality integer,
+    webhook text,
+    webhook_events text[] DEFAULT '{complete}'::text[] NOT NULL,
+    CONSTRAINT image_batches_webhook_check CHECK (((webhook ~ '^https?://[^\s]+$'::text) AND (length(webhook) <= 2048))),
+    CONSTRAINT image_batches_webhook_events_check CHECK (((webhook_events <@ ARRAY['image'::text, 'failed'::text, 'complete'::text]) AND (cardinality(webhook_events) > 0)))
 );
 
 
@@ -675,6 +706,13 @@ COMMENT ON COLUMN public.image_batches.format IS 'png (default, lossless) | webp
 --
 
 COMMENT ON COLUMN public.image_batches.output_quality IS 'webp and jpeg only: 1-100, 90 when not given; null for png';
+
+
+--
+-- Name: COLUMN image_batches.webhook; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON COLUMN public.image_batches.webhook IS 'called with the batch''s events (signed, Standard Webhooks); the address is checked at each delivery';
 
 
 --
@@ -800,6 +838,56 @@ CREATE TABLE public.image_projects (
 ALTER TABLE public.image_projects OWNER TO postgres;
 
 --
+-- Name: image_webhook_deliveries; Type: TABLE; Schema: public; Owner: postgres
+--
+
+CREATE TABLE public.image_webhook_deliveries (
+    id bigint NOT NULL,
+    batch_id uuid NOT NULL,
+    event_id bigint NOT NULL,
+    url text NOT NULL,
+    type text NOT NULL,
+    body jsonb NOT NULL,
+    status text DEFAULT 'pending'::text NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    next_attempt_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_attempt_at timestamp with time zone,
+    last_status integer,
+    last_error text,
+    lease_owner text,
+    lease_expires_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    delivered_at timestamp with time zone,
+    CONSTRAINT image_webhook_deliveries_attempts_check CHECK ((attempts >= 0)),
+    CONSTRAINT image_webhook_deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'delivered'::text, 'failed'::text]))),
+    CONSTRAINT image_webhook_deliveries_type_check CHECK ((type = ANY (ARRAY['image'::text, 'failed'::text, 'complete'::text])))
+);
+
+
+ALTER TABLE public.image_webhook_deliveries OWNER TO postgres;
+
+--
+-- Name: TABLE image_webhook_deliveries; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON TABLE public.image_webhook_deliveries IS 'The outbound webhooks'' outbox: one row per (batch, event) to deliver, and how it went.';
+
+
+--
+-- Name: image_webhook_deliveries_id_seq; Type: SEQUENCE; Schema: public; Owner: postgres
+--
+
+ALTER TABLE public.image_webhook_deliveries ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.image_webhook_deliveries_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
 -- Name: image_batches image_batches_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -845,6 +933,14 @@ ALTER TABLE ONLY public.image_jobs
 
 ALTER TABLE ONLY public.image_projects
     ADD CONSTRAINT image_projects_pkey PRIMARY KEY (project_id);
+
+
+--
+-- Name: image_webhook_deliveries image_webhook_deliveries_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.image_webhook_deliveries
+    ADD CONSTRAINT image_webhook_deliveries_pkey PRIMARY KEY (id);
 
 
 --
@@ -904,6 +1000,13 @@ CREATE INDEX image_jobs_user_id_idx ON public.image_jobs USING btree (user_id, s
 
 
 --
+-- Name: image_webhook_deliveries_pending; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX image_webhook_deliveries_pending ON public.image_webhook_deliveries USING btree (batch_id, id) WHERE (status = 'pending'::text);
+
+
+--
 -- Name: image_batches image_batches_create_jobs; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
@@ -936,6 +1039,13 @@ CREATE TRIGGER image_job_events_notify AFTER INSERT ON public.image_job_events R
 --
 
 CREATE TRIGGER image_job_events_sequence BEFORE INSERT ON public.image_job_events FOR EACH ROW WHEN ((new.kind = ANY (ARRAY['progress'::text, 'image'::text, 'failed'::text, 'complete'::text, 'retrying'::text, 'requeued'::text, 'cancelled'::text]))) EXECUTE FUNCTION public.image_job_events_sequence();
+
+
+--
+-- Name: image_job_events image_job_events_to_outbox; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER image_job_events_to_outbox AFTER INSERT ON public.image_job_events FOR EACH ROW WHEN ((new.kind = ANY (ARRAY['image'::text, 'failed'::text, 'complete'::text]))) EXECUTE FUNCTION public.image_job_events_to_outbox();
 
 
 --
@@ -1024,6 +1134,14 @@ ALTER TABLE ONLY public.image_projects
 
 
 --
+-- Name: image_webhook_deliveries image_webhook_deliveries_batch_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.image_webhook_deliveries
+    ADD CONSTRAINT image_webhook_deliveries_batch_id_fkey FOREIGN KEY (batch_id) REFERENCES public.image_batches(id) ON DELETE CASCADE;
+
+
+--
 -- Name: image_batches; Type: ROW SECURITY; Schema: public; Owner: postgres
 --
 
@@ -1052,6 +1170,12 @@ ALTER TABLE public.image_jobs ENABLE ROW LEVEL SECURITY;
 --
 
 ALTER TABLE public.image_projects ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: image_webhook_deliveries; Type: ROW SECURITY; Schema: public; Owner: postgres
+--
+
+ALTER TABLE public.image_webhook_deliveries ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: image_batches users insert their own batches; Type: POLICY; Schema: public; Owner: postgres
@@ -1177,6 +1301,13 @@ REVOKE ALL ON FUNCTION public.image_job_events_sequence() FROM PUBLIC;
 
 
 --
+-- Name: FUNCTION image_job_events_to_outbox(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.image_job_events_to_outbox() FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION image_job_storage_path(job uuid, project text, timing jsonb, format text); Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -1299,6 +1430,20 @@ GRANT INSERT(format) ON TABLE public.image_batches TO authenticated;
 --
 
 GRANT INSERT(output_quality) ON TABLE public.image_batches TO authenticated;
+
+
+--
+-- Name: COLUMN image_batches.webhook; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT INSERT(webhook) ON TABLE public.image_batches TO authenticated;
+
+
+--
+-- Name: COLUMN image_batches.webhook_events; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT INSERT(webhook_events) ON TABLE public.image_batches TO authenticated;
 
 
 --
@@ -1504,6 +1649,20 @@ GRANT SELECT(output_quality) ON TABLE public.image_jobs TO authenticated;
 
 GRANT ALL ON TABLE public.image_projects TO service_role;
 GRANT SELECT ON TABLE public.image_projects TO authenticated;
+
+
+--
+-- Name: TABLE image_webhook_deliveries; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT ALL ON TABLE public.image_webhook_deliveries TO service_role;
+
+
+--
+-- Name: SEQUENCE image_webhook_deliveries_id_seq; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT,USAGE ON SEQUENCE public.image_webhook_deliveries_id_seq TO service_role;
 
 
 --

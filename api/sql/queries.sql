@@ -4,15 +4,24 @@
 -- As the caller (act_as_user first, for users): RLS and the insert trigger check the values
 -- and make the jobs; a refusal is mapped to a 4xx in api/batches.py.
 insert into public.image_batches
-  (user_id, prompts, quality, aspect_ratio, project_id, seed, timings, format, output_quality)
+  (user_id, prompts, quality, aspect_ratio, project_id, seed, timings, format, output_quality,
+   webhook, webhook_events)
 values (%(user_id)s, %(prompts)s, %(quality)s, %(aspect_ratio)s, %(project_id)s, %(seed)s, %(timings)s,
-        %(format)s, %(output_quality)s)
+        %(format)s, %(output_quality)s, %(webhook)s, coalesce(%(webhook_events)s::text[], '{complete}'))
 returning id;
 
 -- name: batch
-select id, user_id, created_at, quality, aspect_ratio, project_id, format, output_quality
+select id, user_id, created_at, quality, aspect_ratio, project_id, format, output_quality,
+       webhook, webhook_events
   from public.image_batches
  where id = %(batch_id)s;
+
+-- name: batch_webhook_deliveries
+-- How the batch's webhook deliveries went (the app's connection: the table is the app's own).
+select type, status, attempts, last_attempt_at, last_status, last_error, next_attempt_at
+  from public.image_webhook_deliveries
+ where batch_id = %(batch_id)s
+ order by id;
 
 -- name: batch_jobs
 -- Queue position: among due queued jobs in the order the claim scans them (oldest

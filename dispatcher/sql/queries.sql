@@ -198,3 +198,45 @@ select public.dispatcher_fail_job(
 -- name: announce_completion
 -- A webhook for a job another replica runs: wake it (it confirms with a status call of its own).
 select pg_notify('image_job_completed', %(id)s::text);
+
+-- name: claim_webhook_deliveries
+-- Each batch's oldest undelivered event only, and only when it is due and no one holds it:
+-- one batch's events go out in order, whichever dispatchers share the outbox.
+with heads as (
+    select distinct on (batch_id) id
+      from public.image_webhook_deliveries
+     where status = 'pending'
+     order by batch_id, id
+), due as (
+    select d.id
+      from public.image_webhook_deliveries d
+     where d.id in (select id from heads)
+       and d.next_attempt_at <= now()
+       and (d.lease_expires_at is null or d.lease_expires_at < now())
+     order by d.next_attempt_at
+     limit %(limit)s
+       for update skip locked
+)
+update public.image_webhook_deliveries d
+   set lease_owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(lease_s)s),
+       attempts = d.attempts + 1, last_attempt_at = now()
+  from due
+ where d.id = due.id
+returning d.id, d.batch_id, d.event_id, d.url, d.type, d.body, d.attempts;
+
+-- name: webhook_delivered
+update public.image_webhook_deliveries
+   set status = 'delivered', delivered_at = now(), last_status = %(status)s, last_error = null,
+       lease_owner = null, lease_expires_at = null
+ where id = %(id)s and lease_owner = %(owner)s;
+
+-- name: webhook_attempt_failed
+-- Retried after the given delay until the delivery is give_up_s old: then failed for good,
+-- and the batch's next event becomes its head.
+update public.image_webhook_deliveries
+   set status = case when now() - created_at >= make_interval(secs => %(give_up_s)s)
+                     then 'failed' else 'pending' end,
+       next_attempt_at = now() + make_interval(secs => %(retry_in_s)s),
+       last_status = %(status)s, last_error = %(error)s, lease_owner = null, lease_expires_at = null
+ where id = %(id)s and lease_owner = %(owner)s
+returning status;

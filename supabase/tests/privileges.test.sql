@@ -41,7 +41,7 @@ select set_eq(
   $$
   select 'table' as kind, t as name, 'service_role' as grantee, p as privilege
     from unnest(array['image_batches', 'image_jobs', 'image_job_events', 'image_projects',
-                      'image_idempotency_keys']) t,
+                      'image_idempotency_keys', 'image_webhook_deliveries']) t,
          unnest(array['INSERT', 'SELECT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) p
   union all
   select 'table', t, 'authenticated', 'SELECT'
@@ -55,10 +55,12 @@ select set_eq(
   union all
   select 'column', 'image_batches.' || c, 'authenticated', 'INSERT'
     from unnest(array['id', 'user_id', 'prompts', 'quality', 'aspect_ratio', 'seed', 'project_id', 'timings',
-                      'format', 'output_quality']) c
+                      'format', 'output_quality', 'webhook', 'webhook_events']) c
   union all
   values ('sequence', 'image_job_events_id_seq', 'service_role', 'USAGE'),
          ('sequence', 'image_job_events_id_seq', 'service_role', 'SELECT'),
+         ('sequence', 'image_webhook_deliveries_id_seq', 'service_role', 'USAGE'),
+         ('sequence', 'image_webhook_deliveries_id_seq', 'service_role', 'SELECT'),
          ('function', 'cancel_image_job(job_id uuid)', 'authenticated', 'EXECUTE'),
          ('function', 'cancel_image_job(job_id uuid)', 'service_role', 'EXECUTE'),
          ('function', 'strip_blank(value text)', 'authenticated', 'EXECUTE'),

@@ -6,7 +6,7 @@ select plan(13);
 select has_table('public', 'image_batches', 'image_batches exists');
 select columns_are('public', 'image_batches',
   array['id', 'user_id', 'prompts', 'quality', 'aspect_ratio', 'seed', 'project_id', 'timings', 'created_at',
-        'last_event_seq', 'format', 'output_quality'],
+        'last_event_seq', 'format', 'output_quality', 'webhook', 'webhook_events'],
   'image_batches has the frontend''s columns');
 select has_table('public', 'image_jobs', 'image_jobs exists');
 select col_is_pk('public', 'image_job_events', 'id', 'events are ordered by an identity key');

@@ -1,7 +1,9 @@
 """POST /functions/v1/generate-images: the old edge function's contract, on the pipeline.
 
-Body ``{prompts, quality?, aspectRatio?, projectId?, seed?, stream?, wait?}``; prompts are
-strings or ``{index, prompt, startTime, endTime}``. The batch is inserted as the caller
+Body ``{prompts, quality?, aspectRatio?, projectId?, seed?, format?, output_quality?, webhook?,
+webhook_events?, stream?, wait?}``; prompts are strings or ``{index, prompt, startTime, endTime}``;
+``webhook`` is an https URL to be called, signed, with the batch's ``webhook_events`` (``image``,
+``failed``, ``complete``; ``complete`` by default). The batch is inserted as the caller
 (RLS applies) and the dispatcher takes it from there. Then:
 - ``stream: true``: the batch's progress as SSE, ending with ``complete``;
 - ``wait: false``: ``202 {batch_id, status_url, events_url, cancel_url}`` at once;
@@ -25,6 +27,7 @@ from api.errors import HttpError
 from api.idempotency import IdempotencyKey
 from api.links import base_url, batch_links
 from api.streams import event_stream
+from kernel.webhook_targets import allowed_hosts
 
 METHODS = ["POST"]
 
@@ -33,7 +36,7 @@ async def handle(request: Request, ctx: FunctionContext) -> Response:
     caller = await ctx.caller(request)
     ctx.rate_limit(caller, request)
     body = await ctx.json_body(request)
-    batch = BatchRequest.from_body(body)
+    batch = BatchRequest.from_body(body, allowed_hosts(ctx.settings.outbound_webhook_allowed_hosts))
     once = IdempotencyKey.of(
         request.headers.get("idempotency-key"), caller, ctx.client_address(request), body
     )

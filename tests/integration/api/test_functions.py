@@ -35,6 +35,23 @@ GENERATE = "/functions/v1/generate-images"
         ({"prompts": ["a"], "format": "jpeg", "output_quality": 0}, "output_quality: must be between 1"),
         ({"prompts": ["a"], "format": "jpeg", "output_quality": 2**40}, "output_quality: out of range"),
         ({"prompts": ["a"], "format": "webp", "output_quality": "high"}, "output_quality: must be an"),
+        ({"prompts": ["a"], "webhook": "http://example.com/h"}, "webhook: must be https"),
+        ({"prompts": ["a"], "webhook": "ftp://example.com/h"}, "webhook: must be an https URL"),
+        ({"prompts": ["a"], "webhook": "https://u:p@example.com/h"}, "webhook: must not carry credentials"),
+        ({"prompts": ["a"], "webhook": "https://10.0.0.8/h"}, "webhook: 10.0.0.8 is a private address"),
+        ({"prompts": ["a"], "webhook": "https://[::1]/h"}, "webhook: ::1 is a loopback address"),
+        (
+            {"prompts": ["a"], "webhook": "https://169.254.169.254/"},
+            "webhook: 169.254.169.254 is a link-local",
+        ),
+        ({"prompts": ["a"], "webhook": "https://example.com:x/"}, "webhook: not a URL"),
+        ({"prompts": ["a"], "webhook": 5}, "webhook: must be a string"),
+        (
+            {"prompts": ["a"], "webhook": "https://e.com", "webhook_events": ["done"]},
+            "webhook_events: 'done' is",
+        ),
+        ({"prompts": ["a"], "webhook": "https://e.com", "webhook_events": []}, "webhook_events: a non-empty"),
+        ({"prompts": ["a"], "webhook_events": ["image"]}, "webhook_events: give a webhook"),
     ],
 )
 async def test_bad_bodies_get_400_naming_the_field_and_insert_nothing(
@@ -55,6 +72,25 @@ async def test_a_lossy_format_is_taken_and_shown_with_its_default_quality(api: A
         status = await client.get(accepted.json()["status_url"])
     assert (status.json()["format"], status.json()["output_quality"]) == ("webp", 90)
     assert status.json()["jobs"][0]["job_id"]
+
+
+async def test_a_webhook_is_taken_and_batch_status_reports_its_deliveries(api: Api) -> None:
+    body = {
+        "prompts": ["a"],
+        "webhook": "https://hooks.example.com/x",
+        "webhook_events": ["complete", "image"],
+    }
+    async with api.client(api.token()) as client:
+        accepted = await client.post(GENERATE, json={**body, "wait": False})
+        assert accepted.status_code == 202, accepted.text
+        status = (await client.get(accepted.json()["status_url"])).json()
+    assert status["webhook"] == {
+        "url": "https://hooks.example.com/x",
+        "events": ["image", "complete"],
+        "deliveries": {"pending": 0, "delivered": 0, "failed": 0},
+        "last_attempt": None,
+        "next_attempt_at": None,
+    }
 
 
 async def test_a_body_that_is_not_json_is_refused(api: Api) -> None:

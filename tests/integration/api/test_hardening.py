@@ -212,6 +212,9 @@ BODY = st.fixed_dictionaries(
         "seed": st.integers(-5, 2**64) | VALUE,
         "format": st.sampled_from(["png", "webp", "jpeg"]) | VALUE,
         "output_quality": st.integers(-5, 2**64) | VALUE,
+        "webhook": st.sampled_from(["https://hooks.example.com/x", "http://h.example", "https://10.0.0.1/"])
+        | VALUE,
+        "webhook_events": st.lists(st.sampled_from(["image", "failed", "complete", "x"]), max_size=3) | VALUE,
     },
 )
 
