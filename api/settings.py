@@ -43,6 +43,11 @@ class ApiSettings(DatabaseSettings):
     rate_limit_burst: int = Field(
         default=10, ge=1, description="generate-images calls a user may make at once"
     )
+    wait_limit_seconds: float = Field(
+        default=120,
+        gt=0,
+        description="generate-images that waits answers 202 with the links once a batch takes longer",
+    )
     sse_ping_seconds: float = Field(default=15, gt=0, description="keep-alive comment interval on streams")
     public_url: str | None = Field(
         default=None,

@@ -11,11 +11,14 @@ webhook_events?, stream?, wait?}``; prompts are strings or ``{index, prompt, sta
 With an ``Idempotency-Key`` header used before by the same caller with the same body (within 24
 hours), no batch is made: the answer is the first one's batch (``200`` instead of ``202``, or its
 stream, or its result); with another body, ``422``.
-- otherwise: ``{success, images, total, failed, batch_id}`` once the batch is done.
+- otherwise: ``{success, images, total, failed, batch_id}`` once the batch is done, or, if it is
+  not done within WAIT_LIMIT_SECONDS (120 by default: before a proxy's idle timeout cuts the
+  request silently), ``202`` with the links, as ``wait: false`` answers at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from starlette.requests import Request
@@ -43,9 +46,10 @@ async def handle(request: Request, ctx: FunctionContext) -> Response:
     async with ctx.pool.connection() as conn:
         batch_id, replayed = await insert_batch(conn, caller, batch, once)
 
+    links = batch_links(base_url(request, ctx.settings.public_url), batch_id)
+    accepted = JSONResponse({"batch_id": str(batch_id), **links}, status_code=200 if replayed else 202)
     if body.get("wait") is False and not body.get("stream"):
-        links = batch_links(base_url(request, ctx.settings.public_url), batch_id)
-        return JSONResponse({"batch_id": str(batch_id), **links}, status_code=200 if replayed else 202)
+        return accepted
     resources = contextlib.AsyncExitStack()
     # trusted: a batch made with the anon key belongs to nobody, but its creator's stream follows it.
     subscription = await resources.enter_async_context(
@@ -54,7 +58,11 @@ async def handle(request: Request, ctx: FunctionContext) -> Response:
     if body.get("stream"):
         return event_stream(subscription, resources, ctx.settings.sse_ping_seconds)
     async with resources:
-        async for event in subscription.events():
-            if event.kind == "complete":
-                return JSONResponse({**event.payload, "batch_id": str(batch_id)})
+        try:
+            async with asyncio.timeout(ctx.settings.wait_limit_seconds):
+                async for event in subscription.events():
+                    if event.kind == "complete":
+                        return JSONResponse({**event.payload, "batch_id": str(batch_id)})
+        except TimeoutError:
+            return accepted  # it goes on; the links follow it
     raise HttpError(503, "the server is shutting down; the batch goes on: follow it with batch-events")

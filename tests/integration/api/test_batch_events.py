@@ -6,10 +6,20 @@ from __future__ import annotations
 import asyncio
 from uuid import UUID, uuid4
 
+import httpx
 import psycopg
 
 from api.broker import APPLICATION_NAME
-from tests.integration.api.conftest import USER_B, Api, ApiFactory, SseEvent, finish_job, job_ids, read_events
+from tests.integration.api.conftest import (
+    USER_A,
+    USER_B,
+    Api,
+    ApiFactory,
+    SseEvent,
+    finish_job,
+    job_ids,
+    read_events,
+)
 from tests.integration.dispatcher.conftest import wait_until
 
 PROMPTS = ["The coronation of Charlemagne", "The Battle of Hastings", "Gutenberg's press"]
@@ -64,6 +74,23 @@ async def test_last_event_id_resumes_exactly_after_the_last_event_seen(api: Api)
     for seen in range(1, len(everything)):
         resumed = await stream(api, batch_id, last_event_id=everything[seen - 1].id)
         assert resumed == everything[seen:]
+
+
+async def test_an_eventsource_reconnects_with_a_fresh_token_in_its_url_and_resumes(api: Api) -> None:
+    """EventSource cannot set headers: the token rides in ?access_token= and expires. The page
+    (and any client) reconnects with a fresh one and ?lastEventId= the last id it saw."""
+    batch_id = await finished_batch(api)
+    url = "/functions/v1/batch-events"
+    async with httpx.AsyncClient(base_url=api.url, timeout=20) as client:
+        expired = api.keys.user_token(USER_A, ttl_s=-60)
+        refused = await client.get(url, params={"batch_id": str(batch_id), "access_token": expired})
+        assert refused.status_code == 401
+        params = {"batch_id": str(batch_id), "access_token": api.token(), "lastEventId": "3"}
+        async with client.stream("GET", url, params=params) as response:
+            assert response.status_code == 200
+            resumed = await read_events(response)
+    assert [event.id for event in resumed] == [str(n) for n in range(4, 9)]
+    assert resumed[-1].data["type"] == "complete"
 
 
 async def test_a_reconnect_after_the_end_is_told_to_stop(api: Api) -> None:

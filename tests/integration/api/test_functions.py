@@ -93,6 +93,17 @@ async def test_a_webhook_is_taken_and_batch_status_reports_its_deliveries(api: A
     }
 
 
+async def test_waiting_for_a_long_batch_ends_in_202_with_the_links_before_any_proxy_cuts_it(
+    start_api: ApiFactory,
+) -> None:
+    async with start_api(wait_limit_seconds=0.5) as api, api.client(api.token()) as client:
+        answer = await client.post(GENERATE, json={"prompts": ["a siege that lasts"]})  # no dispatcher runs
+        assert answer.status_code == 202, answer.text
+        assert set(answer.json()) == {"batch_id", "status_url", "events_url", "cancel_url"}
+        status = await client.get(answer.json()["status_url"])
+    assert status.json()["counts"] == {"queued": 1}
+
+
 async def test_a_body_that_is_not_json_is_refused(api: Api) -> None:
     async with api.client(api.token()) as client:
         response = await client.post(GENERATE, content=b"prompts=a")
