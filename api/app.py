@@ -25,7 +25,7 @@ from api.broker import EventBroker
 from api.context import FunctionContext
 from api.errors import HttpError
 from api.functions import function_routes
-from api.ratelimit import RateLimiter
+from api.ratelimit import RateLimiter, SharedRateLimiter
 from api.settings import ApiSettings
 from kernel.db import connection_pool
 from kernel.metrics import metrics
@@ -67,7 +67,9 @@ async def running_api(settings: ApiSettings) -> AsyncIterator[FunctionContext]:
             pool,
             broker,
             Authenticator(settings, http),
-            RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
+            RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+            if settings.rate_limit_store == "memory"
+            else SharedRateLimiter(pool, settings.rate_limit_per_minute, settings.rate_limit_burst),
             tasks,
         )
     finally:

@@ -13,7 +13,7 @@ from api import body
 from api.auth import Authenticator, Caller, bearer_token
 from api.broker import EventBroker
 from api.errors import HttpError
-from api.ratelimit import RateLimiter
+from api.ratelimit import Limiter
 from api.settings import ApiSettings
 from kernel.supervisor import Supervisor
 
@@ -24,20 +24,20 @@ class FunctionContext:
     pool: AsyncConnectionPool
     broker: EventBroker
     auth: Authenticator
-    limiter: RateLimiter
+    limiter: Limiter
     tasks: Supervisor  # the app's background tasks (the event broker)
 
     async def caller(self, request: Request) -> Caller:
         token = bearer_token(request.headers.get("authorization"), request.query_params.get("access_token"))
         return await self.auth.caller(token)
 
-    def rate_limit(self, caller: Caller, request: Request) -> None:
+    async def rate_limit(self, caller: Caller, request: Request) -> None:
         """Users each have their own bucket; anon-key callers (the old frontend: every user shares
         that key) one per client address; admins none."""
         if caller.is_admin:
             return
         key = str(caller.user_id) if caller.user_id is not None else f"anon:{self.client_address(request)}"
-        retry_in_s = self.limiter.take(key)
+        retry_in_s = await self.limiter.take(key)
         if retry_in_s:
             raise HttpError(
                 429,

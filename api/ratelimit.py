@@ -1,7 +1,9 @@
-"""Per-caller token buckets: a burst allowance refilled at a steady rate, in bounded memory.
+"""Per-caller token buckets: a burst allowance refilled at a steady rate.
 
-In-process state: with several replicas behind a load balancer each enforces
-its own bucket, so the effective limit is per replica.
+``SharedRateLimiter`` (the default) keeps the buckets in Postgres (``take_rate_limit_token``, one
+round trip per call), so every replica behind a load balancer enforces one limit together.
+``RateLimiter`` keeps them in this process, in bounded memory (RATE_LIMIT_STORE=memory): no
+round trip, but with N replicas the effective limit is N times the setting.
 
 Memory: a bucket untouched for burst/rate seconds has refilled, so it is the same as
 no bucket and is dropped (buckets are kept oldest-first, so that costs nothing per call).
@@ -15,6 +17,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
+
+from psycopg_pool import AsyncConnectionPool
+
+from api.queries import QUERIES
+
+
+class Limiter(Protocol):
+    async def take(self, key: str) -> float: ...
 
 
 @dataclass
@@ -41,7 +52,10 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, key: str) -> float:
+    async def take(self, key: str) -> float:
+        return self.take_now(key)
+
+    def take_now(self, key: str) -> float:
         """Take one token for ``key``: 0 when allowed, else the seconds until one is available."""
         now = self.clock()
         self._forget_refilled(now)
@@ -60,3 +74,18 @@ class RateLimiter:
             if now - oldest.updated < self._refill_s and len(self._buckets) < self.max_keys:
                 return
             self._buckets.popitem(last=False)
+
+
+class SharedRateLimiter:
+    """The same buckets, in Postgres: one limit for every replica."""
+
+    def __init__(self, pool: AsyncConnectionPool, per_minute: float, burst: int) -> None:
+        self.pool, self.rate_per_s, self.burst = pool, per_minute / 60, burst
+
+    async def take(self, key: str) -> float:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                QUERIES["take_rate_limit_token"], {"key": key, "burst": self.burst, "per_s": self.rate_per_s}
+            )
+            row = await cursor.fetchone()
+        return float(row[0]) if row is not None else 0.0

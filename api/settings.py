@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -47,6 +47,10 @@ class ApiSettings(DatabaseSettings):
         default=120,
         gt=0,
         description="generate-images that waits answers 202 with the links once a batch takes longer",
+    )
+    rate_limit_store: Literal["postgres", "memory"] = Field(
+        default="postgres",
+        description="postgres: one limit for every replica (a round trip per call); memory: per process",
     )
     sse_ping_seconds: float = Field(default=15, gt=0, description="keep-alive comment interval on streams")
     public_url: str | None = Field(

@@ -664,6 +664,38 @@ $_$;
 
 ALTER FUNCTION public.strip_blank(value text) OWNER TO postgres;
 
+--
+-- Name: take_rate_limit_token(text, integer, double precision); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.take_rate_limit_token(bucket text, burst integer, per_s double precision) RETURNS double precision
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  available double precision;
+  now_ts timestamptz := clock_timestamp();
+begin
+  insert into public.image_rate_limits (key, tokens, updated_at) values (bucket, burst, now_ts)
+  on conflict (key) do nothing;
+  select least(burst, r.tokens + extract(epoch from now_ts - r.updated_at) * per_s)
+    into available
+    from public.image_rate_limits r where r.key = bucket
+     for update;
+  update public.image_rate_limits
+     set tokens = case when available >= 1 then available - 1 else available end, updated_at = now_ts
+   where key = bucket;
+  if random() < 0.001 then
+    delete from public.image_rate_limits
+     where updated_at < now_ts - make_interval(secs => burst / per_s);
+  end if;
+  return case when available >= 1 then 0 else (1 - available) / per_s end;
+end
+$$;
+
+
+ALTER FUNCTION public.take_rate_limit_token(bucket text, burst integer, per_s double precision) OWNER TO postgres;
+
 SET default_tablespace = '';
 
 SET default_table_access_method = heap;
@@ -838,6 +870,27 @@ CREATE TABLE public.image_projects (
 ALTER TABLE public.image_projects OWNER TO postgres;
 
 --
+-- Name: image_rate_limits; Type: TABLE; Schema: public; Owner: postgres
+--
+
+CREATE UNLOGGED TABLE public.image_rate_limits (
+    key text NOT NULL,
+    tokens double precision NOT NULL,
+    updated_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    CONSTRAINT image_rate_limits_key_check CHECK (((length(key) >= 1) AND (length(key) <= 300)))
+);
+
+
+ALTER TABLE public.image_rate_limits OWNER TO postgres;
+
+--
+-- Name: TABLE image_rate_limits; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON TABLE public.image_rate_limits IS 'Token buckets of the HTTP functions'' rate limit, per caller (user id, or anon:address).';
+
+
+--
 -- Name: image_webhook_deliveries; Type: TABLE; Schema: public; Owner: postgres
 --
 
@@ -933,6 +986,14 @@ ALTER TABLE ONLY public.image_jobs
 
 ALTER TABLE ONLY public.image_projects
     ADD CONSTRAINT image_projects_pkey PRIMARY KEY (project_id);
+
+
+--
+-- Name: image_rate_limits image_rate_limits_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.image_rate_limits
+    ADD CONSTRAINT image_rate_limits_pkey PRIMARY KEY (key);
 
 
 --
@@ -1172,6 +1233,12 @@ ALTER TABLE public.image_jobs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.image_projects ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: image_rate_limits; Type: ROW SECURITY; Schema: public; Owner: postgres
+--
+
+ALTER TABLE public.image_rate_limits ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: image_webhook_deliveries; Type: ROW SECURITY; Schema: public; Owner: postgres
 --
 
@@ -1352,6 +1419,14 @@ GRANT ALL ON FUNCTION public.requeue_failed_jobs(batch_id uuid, job_ids uuid[], 
 REVOKE ALL ON FUNCTION public.strip_blank(value text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.strip_blank(value text) TO authenticated;
 GRANT ALL ON FUNCTION public.strip_blank(value text) TO service_role;
+
+
+--
+-- Name: FUNCTION take_rate_limit_token(bucket text, burst integer, per_s double precision); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.take_rate_limit_token(bucket text, burst integer, per_s double precision) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.take_rate_limit_token(bucket text, burst integer, per_s double precision) TO service_role;
 
 
 --
@@ -1649,6 +1724,13 @@ GRANT SELECT(output_quality) ON TABLE public.image_jobs TO authenticated;
 
 GRANT ALL ON TABLE public.image_projects TO service_role;
 GRANT SELECT ON TABLE public.image_projects TO authenticated;
+
+
+--
+-- Name: TABLE image_rate_limits; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT ALL ON TABLE public.image_rate_limits TO service_role;
 
 
 --

@@ -75,3 +75,7 @@ select body_sha256, batch_id from public.image_idempotency_keys where caller = %
 
 -- name: record_idempotency_key
 update public.image_idempotency_keys set batch_id = %(batch_id)s where caller = %(caller)s and key = %(key)s;
+
+-- name: take_rate_limit_token
+-- 0 when the call may go ahead, else the seconds until the caller's bucket has a token.
+select public.take_rate_limit_token(%(key)s, %(burst)s, %(per_s)s);

@@ -41,7 +41,7 @@ select set_eq(
   $$
   select 'table' as kind, t as name, 'service_role' as grantee, p as privilege
     from unnest(array['image_batches', 'image_jobs', 'image_job_events', 'image_projects',
-                      'image_idempotency_keys', 'image_webhook_deliveries']) t,
+                      'image_idempotency_keys', 'image_webhook_deliveries', 'image_rate_limits']) t,
          unnest(array['INSERT', 'SELECT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) p
   union all
   select 'table', t, 'authenticated', 'SELECT'
@@ -70,6 +70,8 @@ select set_eq(
          ('function', 'requeue_failed_jobs(batch_id uuid, job_ids uuid[], failed_since timestamp with time zone)',
           'service_role', 'EXECUTE'),
          ('function', 'image_batch_progress(batch uuid)', 'service_role', 'EXECUTE'),
+         ('function', 'take_rate_limit_token(bucket text, burst integer, per_s double precision)',
+          'service_role', 'EXECUTE'),
          ('function', 'cancel_image_jobs(batch_id uuid, job_ids uuid[], for_user uuid)', 'service_role', 'EXECUTE'),
          ('function', 'dispatcher_succeed_job(job uuid, owner text, image_url text, image_sha256 text, '
                       'width integer, height integer, steps integer, seed bigint, timings jsonb, '

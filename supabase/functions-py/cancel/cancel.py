@@ -28,7 +28,7 @@ METHODS = ["POST"]
 
 async def handle(request: Request, ctx: FunctionContext) -> Response:
     caller = await ctx.caller(request)
-    ctx.rate_limit(caller, request)
+    await ctx.rate_limit(caller, request)
     body = await ctx.json_body(request) if await _has_body(request) else {}
     batch_id = _uuid("batch_id", body.get("batch_id", request.query_params.get("batch_id")))
     job_ids = _job_ids(body.get("job_ids"), request.query_params.getlist("job_id"))

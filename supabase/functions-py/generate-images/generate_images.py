@@ -37,7 +37,7 @@ METHODS = ["POST"]
 
 async def handle(request: Request, ctx: FunctionContext) -> Response:
     caller = await ctx.caller(request)
-    ctx.rate_limit(caller, request)
+    await ctx.rate_limit(caller, request)
     body = await ctx.json_body(request)
     batch = BatchRequest.from_body(body, allowed_hosts(ctx.settings.outbound_webhook_allowed_hosts))
     once = IdempotencyKey.of(

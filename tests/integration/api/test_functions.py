@@ -93,6 +93,22 @@ async def test_a_webhook_is_taken_and_batch_status_reports_its_deliveries(api: A
     }
 
 
+async def test_replicas_share_one_limit_and_memory_buckets_do_not(start_api: ApiFactory) -> None:
+    body = {"prompts": ["A comet over Bayeux"], "wait": False}
+
+    async def codes(store: str) -> list[int]:
+        limits = {"rate_limit_burst": 2, "rate_limit_per_minute": 1, "rate_limit_store": store}
+        answers = []
+        async with start_api(**limits) as one, start_api(**limits) as two:
+            for api in (one, two, one, two):  # a load balancer's round robin
+                async with api.client(api.token(USER_B if store == "memory" else USER_A)) as client:
+                    answers.append((await client.post(GENERATE, json=body)).status_code)
+        return answers
+
+    assert await codes("postgres") == [202, 202, 429, 429]
+    assert await codes("memory") == [202, 202, 202, 202]  # each replica lets 2 through
+
+
 async def test_waiting_for_a_long_batch_ends_in_202_with_the_links_before_any_proxy_cuts_it(
     start_api: ApiFactory,
 ) -> None:

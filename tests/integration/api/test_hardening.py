@@ -13,7 +13,7 @@ from uuid import UUID
 import httpx
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from devstack.postgres import PostgresCluster
@@ -152,19 +152,23 @@ async def test_made_up_forwarded_addresses_do_not_buy_anon_callers_more_calls(st
 
 
 async def test_behind_a_trusted_proxy_the_nearest_untrusted_hop_is_the_client(start_api: ApiFactory) -> None:
-    async with start_api(rate_limit_burst=1, rate_limit_per_minute=1, trusted_proxies="127.0.0.0/8") as api:
-        async with api.client(api.keys.anon_key) as client:
+    async with (
+        start_api(rate_limit_burst=1, rate_limit_per_minute=1, trusted_proxies="127.0.0.0/8") as api,
+        api.client(api.keys.anon_key) as client,
+    ):
 
-            async def call(forwarded: str) -> int:
-                response = await client.post(GENERATE, json=good(), headers={"x-forwarded-for": forwarded})
-                return response.status_code
+        async def call(forwarded: str) -> int:
+            response = await client.post(GENERATE, json=good(), headers={"x-forwarded-for": forwarded})
+            return response.status_code
 
-            # a client writes the leftmost hops; the proxy appends the address it saw
-            assert await call("6.6.6.1, 198.51.100.7") == 202
-            assert await call("6.6.6.2, 198.51.100.7") == 429  # same client, new forged hop
-            assert await call("198.51.100.8") == 202
-            assert await call("198.51.100.9, 127.0.0.5") == 202  # through two trusted proxies
-        assert len(api.context.limiter) == 3
+        # a client writes the leftmost hops; the proxy appends the address it saw
+        assert await call("6.6.6.1, 198.51.100.7") == 202
+        assert await call("6.6.6.2, 198.51.100.7") == 429  # same client, new forged hop
+        assert await call("198.51.100.8") == 202
+        assert await call("198.51.100.9, 127.0.0.5") == 202  # through two trusted proxies
+    async with await psycopg.AsyncConnection.connect(api.database_url) as conn:
+        buckets = await (await conn.execute("select key from image_rate_limits order by key")).fetchall()
+    assert [key for (key,) in buckets] == ["anon:198.51.100.7", "anon:198.51.100.8", "anon:198.51.100.9"]
 
 
 async def test_no_request_fails_after_postgres_restarts(api: Api, postgres: PostgresCluster) -> None:
@@ -228,6 +232,19 @@ async def test_any_body_gets_a_json_answer_below_500_and_whatever_is_accepted_ru
 
         @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
         @given(body=BODY, who=st.sampled_from(tokens))
+        @example(body={"wait": False, "prompts": ["a plain one"]}, who=tokens[0])
+        @example(
+            body={
+                "wait": False,
+                "prompts": [{"index": 2, "prompt": "a timed one", "startTime": 1, "endTime": 2}],
+                "projectId": "rome",
+                "format": "webp",
+                "output_quality": 80,
+                "webhook": "https://hooks.example.com/x",
+                "webhook_events": ["image", "complete"],
+            },
+            who=tokens[0],
+        )
         def post(body: dict[str, Any], who: str) -> None:
             with httpx.Client(base_url=api.url, timeout=20) as client:
                 headers = {"Authorization": f"Bearer {who}", "content-type": "application/json"}
