@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -14,6 +15,7 @@ from psycopg.types.json import Jsonb
 
 from api.auth import Caller
 from api.errors import HttpError
+from api.estimates import UNFINISHED, Capacity, with_estimates
 from api.idempotency import IdempotencyKey
 from api.queries import QUERIES
 from kernel.db import act_as_user
@@ -199,6 +201,17 @@ async def batch_snapshot(conn: psycopg.AsyncConnection[Any], batch_id: UUID) -> 
         if batch["webhook"] is not None:
             await cursor.execute(QUERIES["batch_webhook_deliveries"], {"batch_id": batch_id})
             deliveries = await cursor.fetchall()
+        completion = None
+        if any(job["status"] in UNFINISHED for job in jobs):
+            await cursor.execute(QUERIES["live_capacity"])
+            capacity = Capacity(**(await cursor.fetchone() or {"workers": 0, "in_flight": 0}))
+            await cursor.execute(QUERIES["execution_times"], {"batch_id": batch_id})
+            times = {
+                (row["quality"], row["width"], row["height"]): row["execution_s"]
+                for row in await cursor.fetchall()
+                if row["execution_s"] is not None
+            }
+            completion = with_estimates(jobs, capacity, times, datetime.now(UTC))
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job["status"]] = counts.get(job["status"], 0) + 1
@@ -228,10 +241,13 @@ async def batch_snapshot(conn: psycopg.AsyncConnection[Any], batch_id: UUID) -> 
                 "attempts": job["attempts"],
                 "max_attempts": job["max_attempts"],
                 "queue_position": job["queue_position"],
+                "estimated_start_at": job.get("estimated_start_at"),
+                "estimated_finish_at": job.get("estimated_finish_at"),
                 "finished_at": job["finished_at"].isoformat() if job["finished_at"] else None,
             }
             for job in jobs
         ],
+        "estimated_completion_at": completion.isoformat() if completion else None,
     }
 
 

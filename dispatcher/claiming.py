@@ -31,6 +31,8 @@ from dispatcher.settings import DispatcherSettings
 
 log = structlog.get_logger("dispatcher")
 
+PUBLISH_CAPACITY_SECONDS = 5.0  # readers treat a row older than 30 s as a dispatcher gone
+
 
 class Dispatcher:
     def __init__(
@@ -108,6 +110,7 @@ class Dispatcher:
             "lease-renewer": self._renew_leases_forever,
             "endpoint-prober": self._probe_paused_endpoints_forever,
             "capacity-watcher": self._watch_capacity_forever,
+            "capacity-publisher": self._publish_capacity_forever,
         }
 
     async def stop(self, grace_s: float = 10.0) -> None:
@@ -124,6 +127,7 @@ class Dispatcher:
         with contextlib.suppress(StoreUnavailable):
             released = await self.store.release_leases(unfinished)
             self.log.info("dispatcher.stopped", handed_back=len(released))
+            await self.store.forget_capacity()
 
     async def _claim_forever(self) -> None:
         if self.settings.admission == "capacity":
@@ -211,6 +215,18 @@ class Dispatcher:
             self.queue.workers[endpoint] = capacity.workers
         if self._admitted() > before:
             self._wake.set()
+
+    async def _publish_capacity_forever(self) -> None:
+        """Every few seconds, the workers this dispatcher's endpoints run and the jobs it holds:
+        what batch-status estimates start and finish times from (with the recorded execution
+        times). Workers are known once /health has been read (ADMISSION=capacity); 0 otherwise."""
+        while True:
+            workers = sum(c.workers + c.initializing for c in self.capacity.values())
+            try:
+                await self.store.publish_capacity(workers, len(self.active))
+            except StoreUnavailable as exc:
+                self.log.info("capacity.not_published", error=str(exc))
+            await asyncio.sleep(PUBLISH_CAPACITY_SECONDS)
 
     async def _probe_paused_endpoints_forever(self) -> None:
         """An endpoint that refused our key is asked again now and then; it resumes once it

@@ -179,6 +179,17 @@ class PostgresJobStore:
     async def release_leases(self, job_ids: list[UUID]) -> set[UUID]:
         return await self._ids("release_leases", job_ids)
 
+    async def publish_capacity(self, workers: int, in_flight: int) -> None:
+        """What this dispatcher sees, for batch-status's estimates."""
+        async with self._connection() as conn:
+            await conn.execute(
+                QUERIES["publish_capacity"], {"owner": self.owner, "workers": workers, "in_flight": in_flight}
+            )
+
+    async def forget_capacity(self) -> None:
+        async with self._connection() as conn:
+            await conn.execute(QUERIES["forget_capacity"], {"owner": self.owner})
+
     async def find_reusable(self, job: ClaimedJob) -> ReusableImage | None:
         params = {
             "prompt": job.prompt,

@@ -748,6 +748,30 @@ COMMENT ON COLUMN public.image_batches.webhook IS 'called with the batch''s even
 
 
 --
+-- Name: image_dispatchers; Type: TABLE; Schema: public; Owner: postgres
+--
+
+CREATE TABLE public.image_dispatchers (
+    dispatcher_id text NOT NULL,
+    workers integer NOT NULL,
+    in_flight integer NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT image_dispatchers_dispatcher_id_check CHECK (((length(dispatcher_id) >= 1) AND (length(dispatcher_id) <= 200))),
+    CONSTRAINT image_dispatchers_in_flight_check CHECK ((in_flight >= 0)),
+    CONSTRAINT image_dispatchers_workers_check CHECK ((workers >= 0))
+);
+
+
+ALTER TABLE public.image_dispatchers OWNER TO postgres;
+
+--
+-- Name: TABLE image_dispatchers; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON TABLE public.image_dispatchers IS 'Each live dispatcher''s RunPod capacity (workers) and jobs in flight, refreshed every few seconds.';
+
+
+--
 -- Name: image_idempotency_keys; Type: TABLE; Schema: public; Owner: postgres
 --
 
@@ -949,6 +973,14 @@ ALTER TABLE ONLY public.image_batches
 
 
 --
+-- Name: image_dispatchers image_dispatchers_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.image_dispatchers
+    ADD CONSTRAINT image_dispatchers_pkey PRIMARY KEY (dispatcher_id);
+
+
+--
 -- Name: image_idempotency_keys image_idempotency_keys_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -1044,6 +1076,13 @@ CREATE INDEX image_jobs_in_flight_idx ON public.image_jobs USING btree (lease_ex
 --
 
 CREATE INDEX image_jobs_queued_idx ON public.image_jobs USING btree (run_after) WHERE (status = 'queued'::text);
+
+
+--
+-- Name: image_jobs_recent_successes; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX image_jobs_recent_successes ON public.image_jobs USING btree (quality, width, height, finished_at DESC) WHERE (status = 'succeeded'::text);
 
 
 --
@@ -1207,6 +1246,12 @@ ALTER TABLE ONLY public.image_webhook_deliveries
 --
 
 ALTER TABLE public.image_batches ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: image_dispatchers; Type: ROW SECURITY; Schema: public; Owner: postgres
+--
+
+ALTER TABLE public.image_dispatchers ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: image_idempotency_keys; Type: ROW SECURITY; Schema: public; Owner: postgres
@@ -1519,6 +1564,13 @@ GRANT INSERT(webhook) ON TABLE public.image_batches TO authenticated;
 --
 
 GRANT INSERT(webhook_events) ON TABLE public.image_batches TO authenticated;
+
+
+--
+-- Name: TABLE image_dispatchers; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT ALL ON TABLE public.image_dispatchers TO service_role;
 
 
 --

@@ -31,7 +31,7 @@ with queue as (
       from public.image_jobs where status = 'queued'
 )
 select j.id, j.position, j.prompt, j.status, j.image_url, j.error, j.attempts, j.max_attempts,
-       j.finished_at, q.queue_position
+       j.finished_at, q.queue_position, j.started_at, j.quality, j.width, j.height
   from public.image_jobs j left join queue q on q.id = j.id
  where j.batch_id = %(batch_id)s
  order by j.position;
@@ -79,3 +79,22 @@ update public.image_idempotency_keys set batch_id = %(batch_id)s where caller = 
 -- name: take_rate_limit_token
 -- 0 when the call may go ahead, else the seconds until the caller's bucket has a token.
 select public.take_rate_limit_token(%(key)s, %(burst)s, %(per_s)s);
+
+-- name: live_capacity
+-- The workers and jobs in flight of the dispatchers that reported in the last 30 s.
+select coalesce(sum(workers), 0)::int as workers, coalesce(sum(in_flight), 0)::int as in_flight
+  from public.image_dispatchers
+ where updated_at > now() - interval '30 seconds';
+
+-- name: execution_times
+-- For each size in the batch, the median execution of the last 50 jobs of that size to succeed
+-- (what the dispatchers recorded from RunPod's executionTime).
+select s.quality, s.width, s.height,
+       (select percentile_cont(0.5) within group (order by (r.timings ->> 'execution_ms')::float8)
+          from (select j.timings
+                  from public.image_jobs j
+                 where j.status = 'succeeded' and j.quality = s.quality and j.width = s.width
+                   and j.height = s.height and jsonb_typeof(j.timings -> 'execution_ms') = 'number'
+                 order by j.finished_at desc
+                 limit 50) r) / 1000 as execution_s
+  from (select distinct quality, width, height from public.image_jobs where batch_id = %(batch_id)s) s;

@@ -240,3 +240,12 @@ update public.image_webhook_deliveries
        last_status = %(status)s, last_error = %(error)s, lease_owner = null, lease_expires_at = null
  where id = %(id)s and lease_owner = %(owner)s
 returning status;
+
+-- name: publish_capacity
+insert into public.image_dispatchers (dispatcher_id, workers, in_flight, updated_at)
+values (%(owner)s, %(workers)s, %(in_flight)s, now())
+on conflict (dispatcher_id) do update
+   set workers = excluded.workers, in_flight = excluded.in_flight, updated_at = excluded.updated_at;
+
+-- name: forget_capacity
+delete from public.image_dispatchers where dispatcher_id = %(owner)s;

@@ -41,7 +41,8 @@ select set_eq(
   $$
   select 'table' as kind, t as name, 'service_role' as grantee, p as privilege
     from unnest(array['image_batches', 'image_jobs', 'image_job_events', 'image_projects',
-                      'image_idempotency_keys', 'image_webhook_deliveries', 'image_rate_limits']) t,
+                      'image_idempotency_keys', 'image_webhook_deliveries', 'image_rate_limits',
+                      'image_dispatchers']) t,
          unnest(array['INSERT', 'SELECT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) p
   union all
   select 'table', t, 'authenticated', 'SELECT'

@@ -3,6 +3,8 @@ callers are rate-limited, the batch belongs to its caller, and browsers may call
 
 from __future__ import annotations
 
+import itertools
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -107,6 +109,36 @@ async def test_replicas_share_one_limit_and_memory_buckets_do_not(start_api: Api
 
     assert await codes("postgres") == [202, 202, 429, 429]
     assert await codes("memory") == [202, 202, 202, 202]  # each replica lets 2 through
+
+
+async def test_batch_status_estimates_starts_and_finishes_from_live_capacity_and_recorded_times(
+    api: Api,
+) -> None:
+    earlier = await api.submit(["a finished scene"])
+    (done,) = await job_ids(api.database_url, earlier)
+    await finish_job(api.database_url, done)
+    batch = await api.submit(["one", "two", "three"])
+
+    async def status() -> dict[str, Any]:
+        async with api.client(api.token()) as client:
+            answer = await client.get("/functions/v1/batch-status", params={"batch_id": str(batch)})
+        return dict(answer.json())
+
+    unknown = await status()
+    assert unknown["estimated_completion_at"] is None  # no dispatcher has said what it runs
+    async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True) as conn:
+        await conn.execute(
+            "update image_jobs set timings = '{\"execution_ms\": 2000}' where id = %s", (done,)
+        )
+        await conn.execute(
+            "insert into image_dispatchers (dispatcher_id, workers, in_flight) values ('d1', 1, 1)"
+        )
+    known = await status()
+    starts = [datetime.fromisoformat(job["estimated_start_at"]) for job in known["jobs"]]
+    assert [(b - a).total_seconds() for a, b in itertools.pairwise(starts)] == [2.0, 2.0]
+    finishes = [datetime.fromisoformat(job["estimated_finish_at"]) for job in known["jobs"]]
+    assert datetime.fromisoformat(known["estimated_completion_at"]) == finishes[-1]
+    assert [job["queue_position"] for job in known["jobs"]] == [1, 2, 3]
 
 
 async def test_waiting_for_a_long_batch_ends_in_202_with_the_links_before_any_proxy_cuts_it(

@@ -26,6 +26,7 @@ async def test_healthz_lists_every_loop_and_turns_503_naming_one_that_gave_up(
             "lease-renewer",
             "endpoint-prober",
             "capacity-watcher",
+            "capacity-publisher",
             "wakeup-postgres",
         }
         assert {task["state"] for task in health["tasks"].values()} == {"running"}
