@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib.resources import files
@@ -24,7 +25,8 @@ from api.auth import Authenticator
 from api.broker import EventBroker
 from api.context import FunctionContext
 from api.errors import HttpError
-from api.functions import function_routes
+from api.functions import function_routes, load_functions
+from api.openapi import document
 from api.ratelimit import RateLimiter, SharedRateLimiter
 from api.settings import ApiSettings
 from kernel.db import connection_pool
@@ -105,11 +107,18 @@ def build_app(context: FunctionContext, extras: Extras | None = None) -> Starlet
                 body["status"] = dispatcher["status"]
         return JSONResponse(body, status_code=200 if healthy else 503)
 
+    functions = load_functions()
+    openapi = document(functions, version=_version())
+
+    async def openapi_json(_: Request) -> Response:
+        return JSONResponse(openapi)
+
     routes = [
         Route("/", page, methods=["GET"]),
+        Route("/functions/v1/openapi.json", openapi_json, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        *function_routes(context),
+        *function_routes(context, functions),
         *(extras.routes if extras else []),
     ]
     cors = Middleware(
@@ -136,3 +145,10 @@ async def _http_error(_: Request, exc: Exception) -> Response:
 async def _internal_error(_: Request, exc: Exception) -> Response:
     log.error("request.failed", error_type=type(exc).__name__)
     return HttpError(500, "internal error").response()
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("zimage-pipeline")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"

@@ -19,8 +19,14 @@ from api.estimates import UNFINISHED, Capacity, with_estimates
 from api.idempotency import IdempotencyKey
 from api.queries import QUERIES
 from kernel.db import act_as_user
-from kernel.webhook_targets import url_problem
-from worker.request import MAX_SEED
+from kernel.webhook_targets import MAX_URL_CHARS, url_problem
+from worker.request import (
+    ASPECT_RATIO_SIZES,
+    FORMATS,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    QUALITY_STEPS,
+)
 
 # The database names its columns; the frontend's body names them in camelCase.
 _BODY_NAMES = {"aspect_ratio": "aspectRatio", "project_id": "projectId"}
@@ -28,6 +34,69 @@ _FIELD = re.compile(r"^(\w+)")
 _TIMING = re.compile(r"^timings\b")  # the body has no timings: they come with its prompts
 WEBHOOK_EVENTS = ("image", "failed", "complete")
 WEBHOOK_STATES = ("pending", "delivered", "failed")
+
+
+MAX_PROMPTS = 100  # the database's rule too (image_batches_validate)
+# not blank: some character that is not white space (zero-width ones are blank too: see worker/text.py)
+_PROMPT = {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS, "pattern": "\\S"}
+# generate-images' body, for the OpenAPI document: built from what from_body and the database
+# check, so the two cannot disagree on a name, an enum or a bound.
+BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["prompts"],
+    "properties": {
+        "prompts": {
+            "oneOf": [
+                {"type": "array", "minItems": 1, "maxItems": MAX_PROMPTS, "items": _PROMPT},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_PROMPTS,
+                    "items": {
+                        "type": "object",
+                        "required": ["prompt", "startTime", "endTime"],
+                        "properties": {
+                            "prompt": _PROMPT,
+                            "index": {"type": "integer", "minimum": 0, "maximum": 99999},
+                            "startTime": {"type": "number", "minimum": 0, "maximum": 1000000},
+                            "endTime": {"type": "number", "minimum": 0, "maximum": 1000000},
+                        },
+                    },
+                },
+            ],
+            "description": "one image per prompt; timed prompts make the old edge function's keys",
+        },
+        "quality": {"enum": list(QUALITY_STEPS), "default": "basic"},
+        "aspectRatio": {"enum": list(ASPECT_RATIO_SIZES), "default": "16:9"},
+        "projectId": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+        "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
+        "format": {"enum": list(FORMATS), "default": "png"},
+        "output_quality": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 100,
+            "description": "webp and jpeg only",
+        },
+        "webhook": {
+            "type": "string",
+            "format": "uri",
+            "pattern": "^https://",
+            "maxLength": MAX_URL_CHARS,
+            "description": "an https URL to a public address, called with the events",
+        },
+        "webhook_events": {
+            "type": "array",
+            "minItems": 1,
+            "items": {"enum": list(WEBHOOK_EVENTS)},
+            "default": ["complete"],
+        },
+        "stream": {"type": "boolean", "description": "answer the batch's progress as SSE"},
+        "wait": {"type": "boolean", "description": "false: answer 202 with the links at once"},
+    },
+    "dependentRequired": {"webhook_events": ["webhook"], "output_quality": ["format"]},
+    "if": {"properties": {"format": {"const": "png"}}, "required": ["format"]},
+    "then": {"not": {"required": ["output_quality"]}},
+}
 
 
 @dataclass(frozen=True)

@@ -43,10 +43,10 @@ def load_functions(directory: Path = FUNCTIONS_DIR) -> dict[str, ModuleType]:
     return functions
 
 
-def function_routes(context: FunctionContext, directory: Path = FUNCTIONS_DIR) -> list[Route]:
+def function_routes(context: FunctionContext, functions: dict[str, ModuleType]) -> list[Route]:
     return [
         Route(f"/functions/v1/{name}", _endpoint(module.handle, context), methods=list(module.METHODS))
-        for name, module in load_functions(directory).items()
+        for name, module in functions.items()
     ]
 
 

@@ -18,9 +18,32 @@ from starlette.responses import Response
 from api.broker import BatchForbidden, BatchNotFound, parse_cursor
 from api.context import FunctionContext
 from api.errors import HttpError
+from api.openapi import EVENT_STREAM, errors
 from api.streams import event_stream
 
 METHODS = ["GET"]
+OPENAPI = {
+    "get": {
+        "operationId": "batchEvents",
+        "summary": "Follow batches as server-sent events (one batch, several, or all of the caller's)",
+        "parameters": [
+            {
+                "name": "batch_id",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "array", "items": {"type": "string", "format": "uuid"}},
+            },
+            {"name": "access_token", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "lastEventId", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
+        ],
+        "responses": {
+            "200": {"description": "the events, replayed then live", "content": EVENT_STREAM},
+            "204": {"description": "a reconnect after the batch's end: stop"},
+            **errors(400, 401, 403, 404),
+        },
+    }
+}
 
 
 async def handle(request: Request, ctx: FunctionContext) -> Response:

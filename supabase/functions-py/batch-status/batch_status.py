@@ -15,8 +15,25 @@ from api.batches import batch_snapshot
 from api.context import FunctionContext
 from api.errors import HttpError
 from api.links import base_url, with_links
+from api.openapi import errors, json_answer
 
 METHODS = ["GET"]
+OPENAPI = {
+    "get": {
+        "operationId": "batchStatus",
+        "summary": "A batch's jobs, states, places in the queue and estimates",
+        "parameters": [
+            {
+                "name": "batch_id",
+                "in": "query",
+                "required": True,
+                "schema": {"type": "string", "format": "uuid"},
+            },
+            {"name": "access_token", "in": "query", "required": False, "schema": {"type": "string"}},
+        ],
+        "responses": {"200": json_answer("the batch", "BatchStatus"), **errors(400, 401, 403, 404)},
+    }
+}
 
 
 async def handle(request: Request, ctx: FunctionContext) -> Response:

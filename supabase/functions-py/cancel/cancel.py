@@ -21,9 +21,64 @@ from starlette.responses import JSONResponse, Response
 from api.auth import Caller
 from api.context import FunctionContext
 from api.errors import HttpError
+from api.openapi import errors
 from api.queries import QUERIES
 
 METHODS = ["POST"]
+OPENAPI = {
+    "post": {
+        "operationId": "cancel",
+        "summary": "Cancel a batch's unfinished jobs, or some jobs",
+        "parameters": [
+            {
+                "name": "batch_id",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", "format": "uuid"},
+            },
+            {
+                "name": "job_id",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "array", "items": {"type": "string", "format": "uuid"}},
+            },
+        ],
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "batch_id": {"type": "string", "format": "uuid"},
+                            "job_ids": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": 1000,
+                                "items": {"type": "string", "format": "uuid"},
+                            },
+                        },
+                    }
+                }
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "how many jobs were cancelled",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["cancelled"],
+                            "properties": {"cancelled": {"type": "integer"}},
+                        }
+                    }
+                },
+            },
+            **errors(400, 401, 403, 404, 413, 429),
+        },
+    }
+}
 
 
 async def handle(request: Request, ctx: FunctionContext) -> Response:

@@ -24,15 +24,59 @@ import contextlib
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.batches import BatchRequest, insert_batch
+from api.batches import BODY_SCHEMA, BatchRequest, insert_batch
 from api.context import FunctionContext
 from api.errors import HttpError
 from api.idempotency import IdempotencyKey
 from api.links import base_url, batch_links
+from api.openapi import EVENT_STREAM, errors, json_answer
 from api.streams import event_stream
 from kernel.webhook_targets import allowed_hosts
 
 METHODS = ["POST"]
+# What a client does next with the batch_id of either answer.
+LINKS = {
+    "status": {"operationId": "batchStatus", "parameters": {"batch_id": "$response.body#/batch_id"}},
+    "cancel": {"operationId": "cancel", "requestBody": {"batch_id": "$response.body#/batch_id"}},
+}
+OPENAPI = {
+    "post": {
+        "operationId": "generateImages",
+        "summary": "Submit a batch of prompts",
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
+                "description": "the same key and body within 24 hours answer the first batch (200)",
+            }
+        ],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": BODY_SCHEMA}}},
+        "responses": {
+            "200": {
+                "description": "the batch is done (or, with an Idempotency-Key used before, the first batch)",
+                "links": LINKS,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "anyOf": [
+                                {"$ref": "#/components/schemas/Complete"},
+                                {"$ref": "#/components/schemas/Links"},
+                            ]
+                        }
+                    },
+                    **EVENT_STREAM,
+                },
+            },
+            "202": {
+                **json_answer("accepted: wait false, or a batch longer than WAIT_LIMIT_SECONDS", "Links"),
+                "links": LINKS,
+            },
+            **errors(400, 401, 403, 413, 422, 429),
+        },
+    }
+}
 
 
 async def handle(request: Request, ctx: FunctionContext) -> Response:

@@ -18,8 +18,49 @@ from starlette.responses import JSONResponse, Response
 
 from api.context import FunctionContext
 from api.errors import HttpError
+from api.openapi import errors
 
 METHODS = ["POST"]
+OPENAPI = {
+    "post": {
+        "operationId": "retryFailed",
+        "summary": "Requeue failed jobs (admins)",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "batch_id": {"type": "string", "format": "uuid"},
+                            "job_ids": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {"type": "string", "format": "uuid"},
+                            },
+                            "failed_since": {"type": "string", "format": "date-time"},
+                        },
+                    }
+                }
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "how many jobs went back to the queue",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["requeued"],
+                            "properties": {"requeued": {"type": "integer"}},
+                        }
+                    }
+                },
+            },
+            **errors(400, 401, 403, 413),
+        },
+    }
+}
 T = TypeVar("T")
 
 
