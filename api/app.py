@@ -59,7 +59,7 @@ async def running_api(settings: ApiSettings) -> AsyncIterator[FunctionContext]:
     pool = connection_pool(str(settings.database_url), max_size=8, check=True)
     await pool.open(wait=True, timeout=30)
     http = httpx.AsyncClient(timeout=10)
-    broker = EventBroker(str(settings.database_url))
+    broker = EventBroker(str(settings.database_url), settings.estimate_interval_seconds)
     tasks = Supervisor()
     tasks.start("event-broker", broker.run)
     SSE_STREAMS.set_function(lambda: len(broker.subscriptions()))

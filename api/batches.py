@@ -15,7 +15,7 @@ from psycopg.types.json import Jsonb
 
 from api.auth import Caller
 from api.errors import HttpError
-from api.estimates import UNFINISHED, Capacity, with_estimates
+from api.estimates import UNFINISHED, estimation_inputs, with_estimates
 from api.idempotency import IdempotencyKey
 from api.queries import QUERIES
 from kernel.db import act_as_user
@@ -272,14 +272,12 @@ async def batch_snapshot(conn: psycopg.AsyncConnection[Any], batch_id: UUID) -> 
             deliveries = await cursor.fetchall()
         completion = None
         if any(job["status"] in UNFINISHED for job in jobs):
-            await cursor.execute(QUERIES["live_capacity"])
-            capacity = Capacity(**(await cursor.fetchone() or {"workers": 0, "in_flight": 0}))
-            await cursor.execute(QUERIES["execution_times"], {"batch_id": batch_id})
-            times = {
-                (row["quality"], row["width"], row["height"]): row["execution_s"]
-                for row in await cursor.fetchall()
-                if row["execution_s"] is not None
-            }
+
+            async def query(name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+                await cursor.execute(QUERIES[name], params)
+                return await cursor.fetchall()
+
+            capacity, times = await estimation_inputs(query, jobs)
             completion = with_estimates(jobs, capacity, times, datetime.now(UTC))
     counts: dict[str, int] = {}
     for job in jobs:
@@ -310,6 +308,7 @@ async def batch_snapshot(conn: psycopg.AsyncConnection[Any], batch_id: UUID) -> 
                 "attempts": job["attempts"],
                 "max_attempts": job["max_attempts"],
                 "queue_position": job["queue_position"],
+                "progress": job["progress"] if job["status"] == "running" else None,
                 "estimated_start_at": job.get("estimated_start_at"),
                 "estimated_finish_at": job.get("estimated_finish_at"),
                 "finished_at": job["finished_at"].isoformat() if job["finished_at"] else None,

@@ -16,6 +16,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 from uuid import UUID
@@ -25,6 +26,7 @@ import structlog
 from psycopg.rows import dict_row
 
 from api.auth import Caller
+from api.estimates import estimate_event, estimation_inputs
 from api.queries import QUERIES
 from kernel.listen import PostgresListener
 from kernel.logs import first_line
@@ -63,6 +65,19 @@ class BatchLog:
     owner: UUID | None
     events: list[StreamEvent] = field(default_factory=list)  # events[i].seq == i + 1
     subscribers: set[Subscription] = field(default_factory=set)
+    # The latest estimate of its unfinished jobs (not stored: no seq, no id), what it changes
+    # with, and how many have been made; each subscriber gets the latest once.
+    estimate: StreamEvent | None = None
+    estimate_shape: object = None
+    estimates: int = 0
+
+    def estimated(self, event: StreamEvent, shape: object) -> None:
+        if shape == self.estimate_shape:
+            return
+        self.estimate, self.estimate_shape = event, shape
+        self.estimates += 1
+        for subscriber in self.subscribers:
+            subscriber.wake.set()
 
     @property
     def last_seq(self) -> int:
@@ -107,6 +122,7 @@ class Subscription:
         self.logs: list[BatchLog] = []
         self.wake = asyncio.Event()
         self.closed = False
+        self.estimates_seen: dict[UUID, int] = {}
 
     def follow(self, batch: BatchLog) -> None:
         if batch not in self.logs:
@@ -120,17 +136,22 @@ class Subscription:
             b.finished and self.cursors.get(b.batch_id, 0) >= b.last_seq for b in self.logs
         )
 
-    async def pending(self) -> AsyncIterator[list[tuple[StreamEvent, str]]]:
-        """Everything new since the last read, each event with the cursor token just after it; the
-        events of one wake come together (one write per subscriber, not one per event)."""
+    async def pending(self) -> AsyncIterator[list[tuple[StreamEvent, str | None]]]:
+        """Everything new since the last read, each event with the cursor token just after it (an
+        estimate has none: a reconnect resumes after the last stored event); the events of one
+        wake come together (one write per subscriber, not one per event)."""
         while not self.closed:
             self.wake.clear()  # before reading: a wake during the read is not lost
-            new: list[tuple[StreamEvent, str]] = []
+            new: list[tuple[StreamEvent, str | None]] = []
             for batch in list(self.logs):
                 cursor = self.cursors.get(batch.batch_id, 0)
                 for event in batch.events[cursor:]:
                     self.cursors[batch.batch_id] = event.seq
                     new.append((event, self.cursor_token()))
+                seen = self.estimates_seen.get(batch.batch_id, 0)
+                if batch.estimate is not None and batch.estimates > seen and not batch.finished:
+                    self.estimates_seen[batch.batch_id] = batch.estimates
+                    new.append((batch.estimate, None))
             if new:
                 yield new
             if self.caught_up_and_finished:
@@ -173,8 +194,9 @@ def parse_cursor(token: str | None, batch_ids: list[UUID]) -> dict[UUID, int]:
 
 
 class EventBroker:
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, estimate_interval_s: float = 5.0) -> None:
         self.database_url = database_url
+        self.estimate_interval_s = estimate_interval_s
         self.logs: dict[UUID, BatchLog] = {}
         self.feeds: set[Subscription] = set()
         self._dirty: set[UUID] = set()
@@ -200,7 +222,7 @@ class EventBroker:
     async def run(self) -> None:
         """LISTEN and refresh until cancelled; then every open stream ends."""
         try:
-            await asyncio.gather(self.listener.run(), self._refresh_loop())
+            await asyncio.gather(self.listener.run(), self._refresh_loop(), self._estimate_loop())
         finally:
             self.close()
             if self._conn is not None:
@@ -285,6 +307,33 @@ class EventBroker:
                 self._dirty |= dirty
                 await asyncio.sleep(0.5)
                 self._dirty_event.set()
+
+    async def _estimate_loop(self) -> None:
+        """Every few seconds, one estimate for all the followed batches that are not finished:
+        one query for their jobs, one for the capacity, one for the execution times."""
+        while True:
+            await asyncio.sleep(self.estimate_interval_s)
+            batches = [b for b in self.logs.values() if b.subscribers and not b.finished]
+            if not batches:
+                continue
+            try:
+                await self._estimate(batches)
+            except psycopg.OperationalError as exc:
+                log.warning("broker.estimate_failed", error=first_line(exc))
+
+    async def _estimate(self, batches: list[BatchLog]) -> None:
+        jobs = await self._query("unfinished_jobs", {"batch_ids": [b.batch_id for b in batches]})
+        if not jobs:
+            return
+        capacity, times = await estimation_inputs(self._query, jobs)
+        now = datetime.now(UTC)
+        by_batch: dict[UUID, list[dict[str, Any]]] = {}
+        for job in jobs:
+            by_batch.setdefault(job["batch_id"], []).append(job)
+        for batch in batches:
+            if (mine := by_batch.get(batch.batch_id)) is not None:
+                payload, shape = estimate_event(mine, capacity, times, now)
+                batch.estimated(StreamEvent(batch.batch_id, 0, "estimate", payload), shape)
 
     async def _adopt_new_batches(self, batch_ids: list[UUID]) -> None:
         """A batch nobody follows yet changed: feeds whose caller may see it start following it."""

@@ -52,6 +52,9 @@ class ApiSettings(DatabaseSettings):
         default="postgres",
         description="postgres: one limit for every replica (a round trip per call); memory: per process",
     )
+    estimate_interval_seconds: float = Field(
+        default=5, gt=0, description="how often streams of unfinished batches get an estimate event"
+    )
     sse_ping_seconds: float = Field(default=15, gt=0, description="keep-alive comment interval on streams")
     public_url: str | None = Field(
         default=None,

@@ -39,7 +39,10 @@ def event_stream(
 async def _frames(subscription: Subscription, resources: contextlib.AsyncExitStack) -> AsyncIterator[bytes]:
     try:
         async for new in subscription.pending():
-            yield b"".join(event.data_line + b"id: " + token.encode() + b"\n\n" for event, token in new)
+            yield b"".join(
+                event.data_line + (b"" if token is None else b"id: " + token.encode() + b"\n") + b"\n"
+                for event, token in new
+            )
         if subscription.closed and not subscription.caught_up_and_finished:
             yield _error("the server is going away; reconnect")
     except Exception as exc:

@@ -97,6 +97,7 @@ class JobRun:
     lost: bool = False
     maybe_submitted: bool = False  # a submission whose RunPod id we never learnt may exist
     marked_running: bool = False
+    progress: dict[str, int] | None = None  # the worker's last step report, as recorded
 
     @classmethod
     def claimed(cls, job: ClaimedJob) -> JobRun:
@@ -304,6 +305,9 @@ class JobRunner:
                 self._started(run, state)
                 if not run.marked_running:
                     await self._mark_running(run, state)
+                if (progress := _step_progress(state.output)) is not None and progress != run.progress:
+                    run.progress = progress
+                    await self.store.record_progress(run.job.id, progress)
             elif state.status == RunPodStatus.IN_QUEUE and run.expected_start is None:
                 expected = self.model.expected(run.job.size_key)
                 run.expected_start = self.queue.estimated_start(
@@ -514,6 +518,16 @@ def _checked_stored(data: bytes, image_format: str, width: int, height: int) -> 
     """The SHA-256 of a stored image, once it is checked whole."""
     verify_image(data, image_format, width, height)
     return hashlib.sha256(data).hexdigest()
+
+
+def _step_progress(output: Any) -> dict[str, int] | None:
+    """The worker's {step, steps, elapsed_ms} in a running job's output, if it reported one."""
+    if not isinstance(output, dict):
+        return None
+    values = {key: output.get(key) for key in ("step", "steps", "elapsed_ms")}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values.values()):
+        return None
+    return values  # type: ignore[return-value]
 
 
 def _timings(output: dict[str, Any]) -> dict[str, Any]:

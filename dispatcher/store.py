@@ -186,6 +186,13 @@ class PostgresJobStore:
                 QUERIES["publish_capacity"], {"owner": self.owner, "workers": workers, "in_flight": in_flight}
             )
 
+    async def record_progress(self, job_id: UUID, progress: dict[str, int]) -> None:
+        """The worker's step progress on a running job (only while the job is ours)."""
+        async with self._connection() as conn:
+            await conn.execute(
+                QUERIES["record_progress"], {"id": job_id, "owner": self.owner, "progress": Jsonb(progress)}
+            )
+
     async def forget_capacity(self) -> None:
         async with self._connection() as conn:
             await conn.execute(QUERIES["forget_capacity"], {"owner": self.owner})

@@ -867,6 +867,7 @@ CREATE TABLE public.image_jobs (
     submissions integer DEFAULT 0 NOT NULL,
     format text DEFAULT 'png'::text NOT NULL,
     output_quality integer,
+    progress jsonb,
     CONSTRAINT image_jobs_attempts_check CHECK ((attempts >= 0)),
     CONSTRAINT image_jobs_format_check CHECK ((format = ANY (ARRAY['png'::text, 'webp'::text, 'jpeg'::text]))),
     CONSTRAINT image_jobs_image_sha256_check CHECK ((image_sha256 ~ '^[0-9a-f]{64}$'::text)),
@@ -879,6 +880,13 @@ CREATE TABLE public.image_jobs (
 
 
 ALTER TABLE public.image_jobs OWNER TO postgres;
+
+--
+-- Name: COLUMN image_jobs.progress; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON COLUMN public.image_jobs.progress IS 'running: the worker''s last reported {step, steps, elapsed_ms}; null otherwise';
+
 
 --
 -- Name: image_projects; Type: TABLE; Schema: public; Owner: postgres
@@ -1768,6 +1776,13 @@ GRANT SELECT(format) ON TABLE public.image_jobs TO authenticated;
 --
 
 GRANT SELECT(output_quality) ON TABLE public.image_jobs TO authenticated;
+
+
+--
+-- Name: COLUMN image_jobs.progress; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT(progress) ON TABLE public.image_jobs TO authenticated;
 
 
 --

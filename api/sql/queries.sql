@@ -31,7 +31,7 @@ with queue as (
       from public.image_jobs where status = 'queued'
 )
 select j.id, j.position, j.prompt, j.status, j.image_url, j.error, j.attempts, j.max_attempts,
-       j.finished_at, q.queue_position, j.started_at, j.quality, j.width, j.height
+       j.finished_at, q.queue_position, j.started_at, j.quality, j.width, j.height, j.progress
   from public.image_jobs j left join queue q on q.id = j.id
  where j.batch_id = %(batch_id)s
  order by j.position;
@@ -87,7 +87,7 @@ select coalesce(sum(workers), 0)::int as workers, coalesce(sum(in_flight), 0)::i
  where updated_at > now() - interval '30 seconds';
 
 -- name: execution_times
--- For each size in the batch, the median execution of the last 50 jobs of that size to succeed
+-- For each of these sizes, the median execution of the last 50 jobs of that size to succeed
 -- (what the dispatchers recorded from RunPod's executionTime).
 select s.quality, s.width, s.height,
        (select percentile_cont(0.5) within group (order by (r.timings ->> 'execution_ms')::float8)
@@ -97,4 +97,17 @@ select s.quality, s.width, s.height,
                    and j.height = s.height and jsonb_typeof(j.timings -> 'execution_ms') = 'number'
                  order by j.finished_at desc
                  limit 50) r) / 1000 as execution_s
-  from (select distinct quality, width, height from public.image_jobs where batch_id = %(batch_id)s) s;
+  from unnest(%(qualities)s::text[], %(widths)s::int[], %(heights)s::int[]) as s (quality, width, height);
+
+-- name: unfinished_jobs
+-- The event stream's estimates: the unfinished jobs of these batches, with their place in the
+-- queue (as in batch_jobs).
+with queue as (
+    select id, row_number() over (order by run_after, created_at, batch_id, position) as queue_position
+      from public.image_jobs where status = 'queued'
+)
+select j.batch_id, j.id, j.position, j.status, q.queue_position, j.started_at, j.quality, j.width,
+       j.height, j.progress
+  from public.image_jobs j left join queue q on q.id = j.id
+ where j.batch_id = any(%(batch_ids)s) and j.status in ('queued', 'submitted', 'running')
+ order by j.batch_id, j.position;

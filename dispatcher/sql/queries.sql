@@ -249,3 +249,7 @@ on conflict (dispatcher_id) do update
 
 -- name: forget_capacity
 delete from public.image_dispatchers where dispatcher_id = %(owner)s;
+
+-- name: record_progress
+update public.image_jobs set progress = %(progress)s
+ where id = %(id)s and lease_owner = %(owner)s and status = 'running';

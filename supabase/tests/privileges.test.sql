@@ -52,7 +52,7 @@ select set_eq(
     from unnest(array['id', 'batch_id', 'user_id', 'position', 'prompt', 'quality', 'aspect_ratio', 'seed',
                       'status', 'attempts', 'max_attempts', 'error', 'image_url', 'storage_path', 'width',
                       'height', 'steps', 'created_at', 'updated_at', 'started_at', 'finished_at',
-                      'reused_from', 'format', 'output_quality']) c
+                      'reused_from', 'format', 'output_quality', 'progress']) c
   union all
   select 'column', 'image_batches.' || c, 'authenticated', 'INSERT'
     from unnest(array['id', 'user_id', 'prompts', 'quality', 'aspect_ratio', 'seed', 'project_id', 'timings',

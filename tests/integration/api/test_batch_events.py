@@ -4,6 +4,7 @@ only one's own work, and one LISTEN for every subscriber."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from uuid import UUID, uuid4
 
 import httpx
@@ -267,3 +268,34 @@ async def test_a_quiet_stream_sends_keep_alive_comments(start_api: ApiFactory) -
                 if comments == 2:
                     break
     assert comments == 2
+
+
+async def test_a_stream_of_an_unfinished_batch_gets_estimates_without_ids(start_api: ApiFactory) -> None:
+    async with start_api(estimate_interval_seconds=0.2) as api:
+        earlier = await api.submit(["a finished scene"])
+        (done,) = await job_ids(api.database_url, earlier)
+        await finish_job(api.database_url, done)
+        async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True) as conn:
+            await conn.execute(
+                "update image_jobs set timings = '{\"execution_ms\": 3000}' where id = %s", (done,)
+            )
+            await conn.execute(
+                "insert into image_dispatchers (dispatcher_id, workers, in_flight) values ('d', 2, 0)"
+            )
+        batch_id = await api.submit(PROMPTS)
+        async with (
+            api.client(api.token()) as client,
+            client.stream(
+                "GET", "/functions/v1/batch-events", params={"batch_id": str(batch_id)}
+            ) as response,
+        ):
+            events = await read_events(response, stop=lambda event: event.data["type"] == "estimate")
+    estimate = events[-1]
+    assert estimate.id is None, "an estimate is not stored: a reconnect resumes after the last real event"
+    assert [e.data["type"] for e in events[:-1]] == ["progress"]
+    assert [job["queue_position"] for job in estimate.data["jobs"]] == [1, 2, 3]
+    starts = [datetime.fromisoformat(job["estimated_start_at"]) for job in estimate.data["jobs"]]
+    # two idle workers take the first two at once; the third waits for a finish, one every 3 s / 2
+    assert starts[0] == starts[1]
+    assert (starts[2] - starts[0]).total_seconds() == 1.5
+    assert estimate.data["estimated_completion_at"] == estimate.data["jobs"][2]["estimated_finish_at"]

@@ -104,3 +104,22 @@ async def test_status_polls_counts_every_request_sent_retries_included(
     received = cloud.platform.counters.status_polls
     assert [job["status_polls"] for job in jobs] == [received[job["runpod_job_id"]] for job in jobs]
     assert sum(job["status_polls"] for job in jobs) > 0
+
+
+async def test_a_running_jobs_step_progress_is_recorded_from_its_status_polls(
+    database_url: str, cloud: Cloud, dispatcher: DispatcherFactory
+) -> None:
+    cloud.add_workers(count=1, seconds="2")
+    seen: list[dict[str, int]] = []
+    # polled often, so that some polls find it running (the adaptive schedule would look twice)
+    async with dispatcher(fixed_poll_interval_seconds=0.3):
+        batch = await insert_batch(database_url, ["a long, slow scene"])
+        waiting = asyncio.create_task(wait_for_batch(database_url, batch))
+        while not waiting.done():
+            (job,) = await jobs_of(database_url, batch)
+            if job["status"] == "running" and job["progress"] is not None:
+                seen.append(job["progress"])
+            await asyncio.sleep(0.05)
+        assert (await waiting)["failed"] == 0
+    assert seen, "a poll while it ran recorded the worker's step"
+    assert all(p["steps"] == 9 and 1 <= p["step"] <= 9 and p["elapsed_ms"] > 0 for p in seen)
