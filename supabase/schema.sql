@@ -1073,6 +1073,13 @@ CREATE UNIQUE INDEX image_job_events_stream_idx ON public.image_job_events USING
 
 
 --
+-- Name: image_jobs_failed_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX image_jobs_failed_idx ON public.image_jobs USING btree (finished_at DESC, id) WHERE (status = 'failed'::text);
+
+
+--
 -- Name: image_jobs_in_flight_idx; Type: INDEX; Schema: public; Owner: postgres
 --
 

@@ -111,3 +111,26 @@ select j.batch_id, j.id, j.position, j.status, q.queue_position, j.started_at, j
   from public.image_jobs j left join queue q on q.id = j.id
  where j.batch_id = any(%(batch_ids)s) and j.status in ('queued', 'submitted', 'running')
  order by j.batch_id, j.position;
+
+-- name: list_batches
+-- A caller's batches (every batch, for an admin: null user), newest first, a page at a time:
+-- before the given (created_at, id), which the previous page ended with.
+select b.id, b.created_at, b.quality, b.aspect_ratio, b.format, b.project_id,
+       cardinality(b.prompts) as total,
+       coalesce((select jsonb_object_agg(c.status, c.n)
+                   from (select j.status, count(*) as n from public.image_jobs j
+                          where j.batch_id = b.id group by j.status) c), '{}') as counts
+  from public.image_batches b
+ where (%(user_id)s::uuid is null or b.user_id = %(user_id)s)
+   and (%(before_at)s::timestamptz is null or (b.created_at, b.id) < (%(before_at)s, %(before_id)s::uuid))
+ order by b.created_at desc, b.id desc
+ limit %(limit)s;
+
+-- name: list_failed_jobs
+-- Failed jobs across users, newest first, a page at a time (the admins' view).
+select j.id, j.batch_id, j.user_id, j.position, j.prompt, j.error, j.attempts, j.finished_at
+  from public.image_jobs j
+ where j.status = 'failed'
+   and (%(before_at)s::timestamptz is null or (j.finished_at, j.id) < (%(before_at)s, %(before_id)s::uuid))
+ order by j.finished_at desc, j.id desc
+ limit %(limit)s;

@@ -11,17 +11,15 @@ with the anon key belong to nobody: only an admin can cancel them.
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
-from psycopg import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.auth import Caller
 from api.context import FunctionContext
 from api.errors import HttpError
 from api.openapi import errors
+from api.ownership import check_owner
 from api.queries import QUERIES
 
 METHODS = ["POST"]
@@ -92,7 +90,7 @@ async def handle(request: Request, ctx: FunctionContext) -> Response:
     if not caller.is_admin and caller.user_id is None:
         raise HttpError(403, "sign in to cancel: a batch made with the anon key belongs to nobody")
     async with ctx.pool.connection() as conn:
-        await _check_owner(conn, caller, batch_id, job_ids)
+        await check_owner(conn, caller, batch_id, job_ids)
         row = await (
             await conn.execute(
                 QUERIES["cancel_jobs"],
@@ -104,25 +102,6 @@ async def handle(request: Request, ctx: FunctionContext) -> Response:
             )
         ).fetchone()
     return JSONResponse({"cancelled": row[0] if row else 0})
-
-
-async def _check_owner(
-    conn: AsyncConnection[Any], caller: Caller, batch_id: UUID | None, job_ids: list[UUID] | None
-) -> None:
-    """404 for an id that does not exist, 403 for one that is someone else's (named)."""
-    if batch_id is not None:
-        batch = await (await conn.execute(QUERIES["batch"], {"batch_id": batch_id})).fetchone()
-        if batch is None:
-            raise HttpError(404, f"batch {batch_id} not found")
-        if not caller.may_see(batch[1]):
-            raise HttpError(403, f"batch {batch_id} is not yours")
-    if job_ids is not None:
-        owners = dict(await (await conn.execute(QUERIES["job_owners"], {"job_ids": job_ids})).fetchall())
-        for job_id in job_ids:
-            if job_id not in owners:
-                raise HttpError(404, f"job {job_id} not found")
-            if not caller.may_see(owners[job_id]):
-                raise HttpError(403, f"job {job_id} is not yours")
 
 
 async def _has_body(request: Request) -> bool:

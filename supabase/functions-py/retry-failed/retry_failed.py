@@ -1,9 +1,11 @@
-"""POST /functions/v1/retry-failed (admin): requeue failed jobs.
+"""POST /functions/v1/retry-failed: requeue failed jobs, for an admin or, their own, for a user.
 
 Body ``{batch_id?, job_ids?, failed_since?}`` (ISO 8601); the filters combine and at
-least one is required. Answers ``{requeued: n}``. Each requeued job starts again
-from attempt 0, and followers of its batch see it come back (``requeued`` events,
-then its progress as it runs again).
+least one is required; ``failed_since`` (jobs across users) is for admins only, and a user's
+batch or jobs must be theirs (403 naming the one that is not, 404 for one that does not
+exist). Answers ``{requeued: n}``. Each requeued job starts again from attempt 0, and
+followers of its batch see it come back (``requeued`` events, then its progress as it runs
+again).
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from starlette.responses import JSONResponse, Response
 from api.context import FunctionContext
 from api.errors import HttpError
 from api.openapi import errors
+from api.ownership import check_owner
 
 METHODS = ["POST"]
 OPENAPI = {
     "post": {
         "operationId": "retryFailed",
-        "summary": "Requeue failed jobs (admins)",
+        "summary": "Requeue failed jobs (an admin's, anyone's; a user's, their own)",
         "requestBody": {
             "required": True,
             "content": {
@@ -57,7 +60,7 @@ OPENAPI = {
                     }
                 },
             },
-            **errors(400, 401, 403, 413),
+            **errors(400, 401, 403, 404, 413, 429),
         },
     }
 }
@@ -65,7 +68,10 @@ T = TypeVar("T")
 
 
 async def handle(request: Request, ctx: FunctionContext) -> Response:
-    ctx.admin_only(await ctx.caller(request))
+    caller = await ctx.caller(request)
+    if not caller.is_admin and caller.user_id is None:
+        raise HttpError(403, "sign in to retry: a batch made with the anon key belongs to nobody")
+    await ctx.rate_limit(caller, request)
     body = await ctx.json_body(request)
     batch_id = _optional("batch_id", body, UUID)
     raw_job_ids = body.get("job_ids")
@@ -79,7 +85,11 @@ async def handle(request: Request, ctx: FunctionContext) -> Response:
         raise HttpError(400, "give batch_id, job_ids or failed_since")
     if failed_since is not None and failed_since.tzinfo is None:
         raise HttpError(400, "failed_since: include a time zone, e.g. 2026-11-24T10:00:00Z")
+    if failed_since is not None and not caller.is_admin:
+        raise HttpError(403, "failed_since: admins only (it reaches every user's jobs)")
     async with ctx.pool.connection() as conn:
+        if not caller.is_admin:
+            await check_owner(conn, caller, batch_id, job_ids)
         cursor = await conn.execute(
             "select public.requeue_failed_jobs(%s, %s, %s)", (batch_id, job_ids, failed_since)
         )

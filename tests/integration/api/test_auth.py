@@ -64,13 +64,21 @@ async def test_admins_are_the_service_role_key_and_the_admin_claim(api: Api) -> 
         async with api.client(token) as client:
             response = await client.post("/functions/v1/retry-failed", json={"batch_id": str(batch_id)})
         assert response.json() == {"requeued": 0}
+    # a user retries their own failed jobs only, and never across users
     async with api.client(api.token(USER_B)) as client:
         response = await client.post("/functions/v1/retry-failed", json={"batch_id": str(batch_id)})
     assert response.status_code == 403
-    assert response.json() == {
-        "success": False,
-        "error": "admin only: use the service-role key or an admin account",
-    }
+    assert response.json() == {"success": False, "error": f"batch {batch_id} is not yours"}
+    async with api.client(api.token()) as client:
+        own = await client.post("/functions/v1/retry-failed", json={"batch_id": str(batch_id)})
+        across = await client.post(
+            "/functions/v1/retry-failed", json={"failed_since": "2026-01-01T00:00:00Z"}
+        )
+    assert own.json() == {"requeued": 0}
+    assert (across.status_code, across.json()["error"]) == (
+        403,
+        "failed_since: admins only (it reaches every user's jobs)",
+    )
 
 
 async def test_the_anon_key_is_accepted_only_when_the_deployment_allows_it(start_api: ApiFactory) -> None:

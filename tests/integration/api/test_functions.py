@@ -266,3 +266,35 @@ async def _batches(database_url: str) -> int:
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         row = await (await conn.execute("select count(*) from image_batches")).fetchone()
     return int(row[0]) if row else 0
+
+
+async def test_batches_lists_a_users_own_newest_first_a_page_at_a_time(api: Api) -> None:
+    mine = [await api.submit([f"scene {n}"]) for n in range(5)]
+    await api.submit(["someone else's"], user_id=USER_B)
+    seen: list[str] = []
+    async with api.client(api.token()) as client:
+        cursor: str | None = None
+        while True:
+            params = {"limit": "2", **({"before": cursor} if cursor else {})}
+            page = (await client.get("/functions/v1/batches", params=params)).json()
+            seen += [batch["batch_id"] for batch in page["batches"]]
+            assert all(batch["total"] == 1 and batch["counts"] == {"queued": 1} for batch in page["batches"])
+            if (cursor := page["next"]) is None:
+                break
+        bad = await client.get("/functions/v1/batches", params={"before": "garbage"})
+    assert seen == [str(batch) for batch in reversed(mine)]
+    assert (bad.status_code, bad.json()["error"]) == (400, "before: not a cursor this server gave")
+
+
+async def test_failed_jobs_are_listed_for_admins_only(api: Api) -> None:
+    batch = await api.submit(["doomed"], user_id=USER_B)
+    (job,) = await job_ids(api.database_url, batch)
+    await finish_job(api.database_url, job, error="the worker refused it")
+    async with api.client(api.keys.service_role_key) as admin:
+        listed = (await admin.get("/functions/v1/failed-jobs")).json()
+    async with api.client(api.token()) as user:
+        refused = await user.get("/functions/v1/failed-jobs")
+    assert [(j["job_id"], j["error"], j["user_id"]) for j in listed["jobs"]] == [
+        (str(job), "the worker refused it", USER_B)
+    ]
+    assert refused.status_code == 403
