@@ -127,7 +127,6 @@ class Dispatcher:
         with contextlib.suppress(StoreUnavailable):
             released = await self.store.release_leases(unfinished)
             self.log.info("dispatcher.stopped", handed_back=len(released))
-            await self.store.forget_capacity()
 
     async def _claim_forever(self) -> None:
         if self.settings.admission == "capacity":
@@ -219,14 +218,19 @@ class Dispatcher:
     async def _publish_capacity_forever(self) -> None:
         """Every few seconds, the workers this dispatcher's endpoints run and the jobs it holds:
         what batch-status estimates start and finish times from (with the recorded execution
-        times). Workers are known once /health has been read (ADMISSION=capacity); 0 otherwise."""
-        while True:
+        times). Workers are known once /health has been read (ADMISSION=capacity); 0 otherwise.
+        Once the dispatcher stops, its row goes (by itself, before the loops are cancelled: a
+        statement cut short by a cancellation is not one to leave behind)."""
+        while not self._stopping.is_set():
             workers = sum(c.workers + c.initializing for c in self.capacity.values())
             try:
                 await self.store.publish_capacity(workers, len(self.active))
             except StoreUnavailable as exc:
                 self.log.info("capacity.not_published", error=str(exc))
-            await asyncio.sleep(PUBLISH_CAPACITY_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), PUBLISH_CAPACITY_SECONDS)
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.forget_capacity()
 
     async def _probe_paused_endpoints_forever(self) -> None:
         """An endpoint that refused our key is asked again now and then; it resumes once it
