@@ -20,6 +20,7 @@ hosts; redirects are not followed; connect and read time out quickly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import socket
@@ -117,14 +118,21 @@ class OutboundWebhooks:
         self, store: PostgresJobStore, policy: OutboundPolicy, batch: int = 16, idle_s: float = 0.5
     ) -> None:
         self.store, self.policy, self.batch, self.idle_s = store, policy, batch, idle_s
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Finish the round in flight and return (a round is a few seconds at most), rather than
+        be cancelled mid-statement; what is left is delivered by whoever claims it next."""
+        self._stopping.set()
 
     async def run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             deliveries = await self.store.claim_webhook_deliveries(self.batch, lease_s=60)
-            if not deliveries:
-                await asyncio.sleep(self.idle_s)
+            if deliveries:
+                await asyncio.gather(*(self._deliver(delivery) for delivery in deliveries))
                 continue
-            await asyncio.gather(*(self._deliver(delivery) for delivery in deliveries))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.idle_s)
 
     async def _deliver(self, delivery: WebhookDelivery) -> None:
         delivery_log = log.bind(batch_id=str(delivery.batch_id), delivery_id=delivery.id, type=delivery.type)

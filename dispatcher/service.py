@@ -92,6 +92,7 @@ async def running_service(
         supervisor.start(name, loop)
     for name, source in sources.items():
         supervisor.start(f"wakeup-{name}", source.run)
+    outbound: OutboundWebhooks | None = None
     if settings.outbound_webhook_secret is not None:
         policy = OutboundPolicy.from_secret(
             settings.outbound_webhook_secret.get_secret_value(),
@@ -100,7 +101,8 @@ async def running_service(
             retry_max_s=settings.outbound_webhook_retry_max_seconds,
             give_up_s=settings.outbound_webhook_give_up_seconds,
         )
-        supervisor.start("outbound-webhooks", OutboundWebhooks(store, policy).run)
+        outbound = OutboundWebhooks(store, policy)
+        supervisor.start("outbound-webhooks", outbound.run)
     log.info(
         "dispatcher.started",
         dispatcher_id=settings.dispatcher_id,
@@ -112,6 +114,8 @@ async def running_service(
     try:
         yield Service(dispatcher, pool, http, sources, supervisor)
     finally:
+        if outbound is not None:
+            outbound.stop()
         await dispatcher.stop(stop_grace_s)
         await supervisor.close()
         await http.aclose()
