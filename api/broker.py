@@ -95,6 +95,7 @@ class BatchLog:
         for event in events:
             if event.seq == self.last_seq + 1:
                 self.events.append(event)
+                self.estimate = None  # it predates this event: the next round makes a fresh one
         for subscriber in self.subscribers:
             subscriber.wake.set()
 

@@ -1,13 +1,17 @@
-"""The progress page in headless Chromium: submit prompts, watch the bar reach N/N, see N images."""
+"""The page in headless Chromium: submit prompts and watch them arrive, cancel, history a page at a
+time, every state a tile shows, the viewer, retry, the admins' view, a phone and a dark theme."""
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
+import psycopg
 import pytest
 
-from tests.integration.api.conftest import ApiFactory
-from tests.integration.dispatcher.conftest import Cloud, DispatcherFactory
+from tests.integration.api.conftest import ApiFactory, finish_job, job_ids
+from tests.integration.dispatcher.conftest import Cloud, DispatcherFactory, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium)")
@@ -64,3 +68,86 @@ async def test_the_cancel_button_cancels_the_batch_and_the_tiles_say_so(
             assert "0 images, 2 failed" in await batch.locator(".message").inner_text()
         finally:
             await browser.close()
+
+
+SCREENSHOTS = Path(os.environ.get("ZIMAGE_TEST_OUTPUT", "test-output")) / "screenshots"
+
+
+async def test_history_states_viewer_retry_admin_view_and_screenshots(start_api: ApiFactory) -> None:
+    """History a page at a time, every state a tile shows, the viewer, a user's retry and the
+    admins' view; screenshots (light, dark, a phone) in test-output/screenshots."""
+    from playwright.async_api import async_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    async with start_api(rate_limit_burst=100) as api, async_playwright() as playwright:
+        older = [await api.submit([f"an older scene {n}"]) for n in range(11)]
+        for batch in older:
+            for job in await job_ids(api.database_url, batch):
+                await finish_job(api.database_url, job)
+        mixed = await api.submit(["the Parthenon", "a refused scene", "the Colossus", "still waiting"])
+        done, refused, cancelled, _waiting = await job_ids(api.database_url, mixed)
+        await finish_job(api.database_url, done)
+        await finish_job(api.database_url, refused, error="the prompt was refused by the worker")
+        async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True) as conn:
+            await conn.execute("select cancel_image_jobs(null, %s, null)", ([cancelled],))
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page(viewport={"width": 1100, "height": 900})
+            await page.goto(f"{api.url}/#token={api.token()}")
+            first = page.locator(f"article.batch[data-batch-id='{mixed}']")
+            await first.wait_for(timeout=10_000)
+            await page.locator("#more").wait_for(timeout=10_000)  # shown once the page is loaded
+            assert await page.locator("article.batch").count() == 10  # one page of history
+            assert await first.locator("[data-state=failed] .failed").inner_text() == (
+                "the prompt was refused by the worker"
+            )
+            assert await first.locator("[data-state=cancelled]").count() == 1
+            assert "in the queue" in await first.locator("[data-state=queued]").inner_text()
+            await page.screenshot(path=SCREENSHOTS / "history-light.png", full_page=True)
+            await page.click("#more")
+            await page.locator("article.batch").nth(11).wait_for(timeout=10_000)
+            assert await page.locator("article.batch").count() == 12
+            assert await page.locator("#more").is_hidden()
+
+            await first.locator("img.result").click()
+            viewer = page.locator("dialog#viewer")
+            await viewer.wait_for(state="visible")
+            assert (
+                await viewer.locator("a[download]").get_attribute("href") == f"https://images.test/{done}.png"
+            )
+            await viewer.locator("button.close").click()
+
+            await first.locator("button.retry").click()
+            async with await psycopg.AsyncConnection.connect(api.database_url) as conn:
+
+                async def requeued() -> bool:
+                    row = await (
+                        await conn.execute("select status from image_jobs where id = %s", (refused,))
+                    ).fetchone()
+                    return row is not None and row[0] == "queued"
+
+                await wait_until(requeued, timeout_s=10)
+            assert await page.locator("#admin").is_hidden(), "a user sees no admin view"
+
+            await page.emulate_media(color_scheme="dark")
+            await page.screenshot(path=SCREENSHOTS / "history-dark.png", full_page=True)
+            phone = await browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+            await phone.goto(f"{api.url}/#token={api.token()}")
+            await phone.locator("article.batch").first.wait_for(timeout=10_000)
+            await phone.screenshot(path=SCREENSHOTS / "phone.png")
+            width = await phone.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, "nothing wider than a phone's screen"
+
+            await finish_job(api.database_url, refused, error="refused again")
+            admin = await browser.new_page(viewport={"width": 1100, "height": 900})
+            await admin.goto(f"{api.url}/#token={api.keys.service_role_key}")
+            row = admin.locator(f"#admin tr[data-job-id='{refused}']")
+            await row.wait_for(timeout=10_000)
+            assert "refused again" in await row.inner_text()
+            await admin.screenshot(path=SCREENSHOTS / "admin.png", full_page=True)
+            await row.locator("button.retry-job").click()
+            await row.wait_for(state="detached", timeout=10_000)
+        finally:
+            await browser.close()
+    for name in ("history-light", "history-dark", "phone", "admin"):
+        assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000
