@@ -3,8 +3,10 @@ its SSE stream, drawing one progress bar per batch."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
@@ -15,29 +17,45 @@ class ApiError(Exception):
     """The app answered with an error (its message), or could not be reached."""
 
 
+ATTEMPTS = 3
+
+
 async def stream_batch(api_url: str, token: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-    """POST generate-images with ``stream: true`` and yield each event's data until ``complete``."""
-    headers = {"Authorization": f"Bearer {token}"}
+    """POST generate-images with ``stream: true`` and yield each event's data until ``complete``.
+
+    The request carries an Idempotency-Key of its own, so when the connection fails before the
+    first event (the answer lost, the batch perhaps made), it is sent again, up to ATTEMPTS
+    times: the app answers the batch the first one made, never a second one."""
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": f"zimage-submit-{uuid.uuid4()}"}
     timeout = httpx.Timeout(30, read=None)  # a batch may take long; keep-alive comments keep it open
-    try:
-        async with (
-            httpx.AsyncClient(base_url=api_url, timeout=timeout) as client,
-            client.stream(
-                "POST", "/functions/v1/generate-images", json={**body, "stream": True}, headers=headers
-            ) as response,
-        ):
-            if response.status_code != 200:
-                raise ApiError(_error_of(await response.aread(), response.status_code))
-            async for line in response.aiter_lines():
-                if line.startswith("data: "):
-                    data: dict[str, Any] = json.loads(line[len("data: ") :])
-                    if data["type"] == "error":
-                        raise ApiError(data["error"])
-                    yield data
-                    if data["type"] == "complete":
-                        return
-    except httpx.HTTPError as exc:
-        raise ApiError(f"cannot reach {api_url}: {exc}") from None
+    for attempt in range(1, ATTEMPTS + 1):
+        started = False
+        try:
+            async with (
+                httpx.AsyncClient(base_url=api_url, timeout=timeout) as client,
+                client.stream(
+                    "POST", "/functions/v1/generate-images", json={**body, "stream": True}, headers=headers
+                ) as response,
+            ):
+                if response.status_code != 200:
+                    raise ApiError(_error_of(await response.aread(), response.status_code))
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        data: dict[str, Any] = json.loads(line[len("data: ") :])
+                        if data["type"] == "error":
+                            raise ApiError(data["error"])
+                        started = True
+                        yield data
+                        if data["type"] == "complete":
+                            return
+        except httpx.TransportError as exc:
+            if started or attempt == ATTEMPTS:
+                raise ApiError(f"cannot reach {api_url}: {exc}") from None
+            await asyncio.sleep(attempt)
+            continue
+        except httpx.HTTPError as exc:
+            raise ApiError(f"cannot reach {api_url}: {exc}") from None
+        break
     raise ApiError("the stream ended before the batch completed")
 
 

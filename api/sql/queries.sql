@@ -62,7 +62,17 @@ select public.cancel_image_jobs(%(batch_id)s, %(job_ids)s, %(for_user)s);
 
 -- name: claim_idempotency_key
 -- First use of a key (or the first since it expired): this request makes the batch. Otherwise
--- nothing is returned, after waiting for a concurrent first use to commit.
+-- nothing is returned, after waiting for a concurrent first use to commit. On the way, up to
+-- 100 other keys that have expired are swept (the index on created_at makes that a short
+-- range scan, usually empty); this one is left to its upsert.
+with swept as (
+    delete from public.image_idempotency_keys
+     where ctid = any(array(select ctid from public.image_idempotency_keys
+                             where created_at < now() - interval '24 hours'
+                               and (caller, key) <> (%(caller)s, %(key)s)
+                             limit 100
+                               for update skip locked))
+)
 insert into public.image_idempotency_keys as k (caller, key, body_sha256)
 values (%(caller)s, %(key)s, %(body_sha256)s)
 on conflict (caller, key) do update
