@@ -16,7 +16,6 @@ import contextlib
 import functools
 import hashlib
 import io
-import json
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +25,9 @@ from PIL import Image
 
 from devstack.png import payload_png, solid_png
 from devstack.runpod_platform import Job, Platform
-from worker.errors import InvalidInput, OutputRefused, UploadFailed, WorkerError
+from worker.errors import InvalidInput, UploadFailed, WorkerError
 from worker.request import Delivery, GenerationRequest, parse_job
+from worker.upload import refusal, storage_status
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ class SyntheticWorkers:
         return _solid(request.width, request.height, colour, delivery.format, delivery.output_quality)
 
     async def _upload(self, delivery: Delivery, data: bytes) -> str:
-        """As worker/upload.py: Storage's status is its body's statusCode."""
+        """As worker/upload.py does it (one try): its reading of Storage's answers is shared."""
         assert self._http is not None
         assert delivery.upload_url is not None
         try:
@@ -172,15 +172,10 @@ class SyntheticWorkers:
             raise UploadFailed(f"Storage could not be reached: {type(exc).__name__}") from exc
         if response.is_success:
             return "uploaded"
-        try:
-            status = int(json.loads(response.content).get("statusCode", response.status_code))
-        except (ValueError, AttributeError, TypeError):
-            status = response.status_code
-        if status == 409:
-            return "exists"
-        if status in (413, 415):
-            raise OutputRefused(f"Storage refused the image: {status}")
-        raise UploadFailed(f"Storage answered {status}")
+        status, message = storage_status(response.content, response.status_code, response.reason_phrase)
+        if (stored := refusal(status, message, len(data), delivery.content_type)) is not None:
+            return stored
+        raise UploadFailed(f"Storage answered {status}: {message}")
 
 
 @functools.lru_cache(maxsize=256)

@@ -47,13 +47,13 @@ def upload(url: str, data: bytes, content_type: str) -> Stored:
                 response.read()
             return "uploaded"
         except urllib.error.HTTPError as error:
-            status, message = _storage_status(error)
-            if status == 409:
-                return "exists"
-            if status in _PERMANENT:
-                raise OutputRefused(
-                    f"Storage refused the {len(data)}-byte {content_type}: {message}"
-                ) from None
+            try:
+                body = error.read()
+            except OSError:
+                body = b""
+            status, message = storage_status(body, error.code, str(error.reason))
+            if (stored := refusal(status, message, len(data), content_type)) is not None:
+                return stored
             if status < 500 or attempt == ATTEMPTS:
                 raise UploadFailed(f"Storage answered {status}: {message}") from None
         except (urllib.error.URLError, OSError) as error:
@@ -63,16 +63,26 @@ def upload(url: str, data: bytes, content_type: str) -> Stored:
     raise AssertionError("unreachable")
 
 
-def _storage_status(error: urllib.error.HTTPError) -> tuple[int, str]:
-    """The status Storage means (its body's statusCode) and its message."""
+def storage_status(body: bytes, http_status: int, reason: str) -> tuple[int, str]:
+    """The status Storage means (its body's statusCode, else the HTTP one) and its message."""
     try:
-        body = json.loads(error.read() or b"{}")
-    except (ValueError, OSError):
-        body = {}
-    if not isinstance(body, dict):
-        body = {}
+        answer = json.loads(body or b"{}")
+    except ValueError:
+        answer = {}
+    if not isinstance(answer, dict):
+        answer = {}
     try:
-        status = int(body.get("statusCode", error.code))
+        status = int(answer.get("statusCode", http_status))
     except (TypeError, ValueError):
-        status = error.code
-    return status, str(body.get("message") or error.reason)[:200]
+        status = http_status
+    return status, str(answer.get("message") or reason)[:200]
+
+
+def refusal(status: int, message: str, size: int, content_type: str) -> Stored | None:
+    """What a refused upload means: "exists" (409: an object is there), OutputRefused (the
+    bucket's limits: every attempt would fail), or None (another attempt may get through)."""
+    if status == 409:
+        return "exists"
+    if status in _PERMANENT:
+        raise OutputRefused(f"Storage refused the {size}-byte {content_type}: {message}")
+    return None
