@@ -11,6 +11,7 @@ from uuid import UUID
 from starlette.requests import Request
 
 from api.errors import HttpError
+from api.openapi import errors
 
 DEFAULT_LIMIT, MAX_LIMIT = 20, 100
 
@@ -38,3 +39,37 @@ def next_cursor(rows: list[dict[str, Any]], limit: int, time_key: str) -> str | 
         return None
     last = rows[-1]
     return base64.urlsafe_b64encode(f"{last[time_key].isoformat()}|{last['id']}".encode()).decode()
+
+
+def paged_operation(operation_id: str, summary: str, items: str) -> dict[str, Any]:
+    """The OpenAPI operation of a list paged this way: ``{<items>: [...], next}``."""
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "parameters": [
+            {
+                "name": "limit",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+            },
+            {"name": "before", "in": "query", "schema": {"type": "string"}},
+        ],
+        "responses": {
+            "200": {
+                "description": f"a page of {items}, and the cursor of the next one (null: the last)",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": [items, "next"],
+                            "properties": {
+                                items: {"type": "array", "items": {"type": "object"}},
+                                "next": {"type": ["string", "null"]},
+                            },
+                        }
+                    }
+                },
+            },
+            **errors(400, 401, 403),
+        },
+    }

@@ -11,38 +11,14 @@ from starlette.responses import JSONResponse, Response
 from api.context import FunctionContext
 from api.errors import HttpError
 from api.links import base_url, batch_links
-from api.openapi import errors
-from api.paging import next_cursor, page_params
+from api.paging import next_cursor, page_params, paged_operation
 from api.queries import QUERIES
 
 METHODS = ["GET"]
 OPENAPI = {
-    "get": {
-        "operationId": "listBatches",
-        "summary": "The caller's batches, newest first (an admin: everyone's)",
-        "parameters": [
-            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
-            {"name": "before", "in": "query", "schema": {"type": "string"}},
-        ],
-        "responses": {
-            "200": {
-                "description": "a page of batches, and the cursor of the next one (null: the last)",
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["batches", "next"],
-                            "properties": {
-                                "batches": {"type": "array", "items": {"type": "object"}},
-                                "next": {"type": ["string", "null"]},
-                            },
-                        }
-                    }
-                },
-            },
-            **errors(400, 401, 403),
-        },
-    }
+    "get": paged_operation(
+        "listBatches", "The caller's batches, newest first (an admin: everyone's)", "batches"
+    )
 }
 
 

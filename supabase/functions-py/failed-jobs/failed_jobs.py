@@ -8,38 +8,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api.context import FunctionContext
-from api.openapi import errors
-from api.paging import next_cursor, page_params
+from api.paging import next_cursor, page_params, paged_operation
 from api.queries import QUERIES
 
 METHODS = ["GET"]
 OPENAPI = {
-    "get": {
-        "operationId": "listFailedJobs",
-        "summary": "Failed jobs across users, newest first (admins)",
-        "parameters": [
-            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
-            {"name": "before", "in": "query", "schema": {"type": "string"}},
-        ],
-        "responses": {
-            "200": {
-                "description": "a page of failed jobs, and the cursor of the next one (null: the last)",
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["jobs", "next"],
-                            "properties": {
-                                "jobs": {"type": "array", "items": {"type": "object"}},
-                                "next": {"type": ["string", "null"]},
-                            },
-                        }
-                    }
-                },
-            },
-            **errors(400, 401, 403),
-        },
-    }
+    "get": paged_operation("listFailedJobs", "Failed jobs across users, newest first (admins)", "jobs")
 }
 
 
