@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from kernel.settings import DatabaseSettings
+from kernel.settings import DatabaseSettings, comma_list
 
 
 class ApiSettings(DatabaseSettings):
@@ -79,23 +79,18 @@ class ApiSettings(DatabaseSettings):
     @field_validator("cors_allowed_origins", "outbound_webhook_allowed_hosts", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
-        return _comma_list(value) if isinstance(value, str) else value
+        return comma_list(value) if isinstance(value, str) else value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _split_networks(cls, value: object) -> object:
         if isinstance(value, str):
-            return [ip_network(item, strict=False) for item in _comma_list(value)]
+            return [ip_network(item, strict=False) for item in comma_list(value)]
         return value
 
     @property
     def jwks_url(self) -> str:
         return self.supabase_jwks_url or f"{self.supabase_url.rstrip('/')}/auth/v1/.well-known/jwks.json"
-
-
-def _comma_list(value: str) -> list[str]:
-    """An environment variable's "a, b" as ["a", "b"]."""
-    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def load_api_settings() -> ApiSettings:

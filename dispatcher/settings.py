@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from kernel.settings import DatabaseSettings
+from kernel.settings import DatabaseSettings, comma_list
 from kernel.webhook_signatures import secret_key
 
 
@@ -114,14 +114,14 @@ class DispatcherSettings(DatabaseSettings):
     @classmethod
     def _split_hosts(cls, value: object) -> object:
         if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
+            return comma_list(value)
         return value
 
     @field_validator("runpod_endpoint_id", mode="before")
     @classmethod
     def _split_ids(cls, value: object) -> object:
         if isinstance(value, str):
-            ids = [part.strip() for part in value.split(",") if part.strip()]
+            ids = comma_list(value)
             if not ids:
                 raise ValueError("give at least one endpoint id")
             return ids

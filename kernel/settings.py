@@ -46,3 +46,8 @@ def load_database_settings() -> DatabaseSettings:
 
 def _all_subclasses(model: type[BaseSettings]) -> list[type[BaseSettings]]:
     return [model, *(sub for child in model.__subclasses__() for sub in _all_subclasses(child))]
+
+
+def comma_list(value: str) -> list[str]:
+    """An environment variable's "a, b" as ["a", "b"]."""
+    return [item.strip() for item in value.split(",") if item.strip()]
