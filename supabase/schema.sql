@@ -124,6 +124,38 @@ COMMENT ON FUNCTION public.cancel_image_jobs(batch_id uuid, job_ids uuid[], for_
 
 
 --
+-- Name: character_prompt(text, text); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.character_prompt(prompt text, trigger_phrase text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO ''
+    AS $$
+  select case when trigger_phrase is null or strpos(lower(prompt), lower(trigger_phrase)) > 0 then prompt
+              else trigger_phrase || ', ' || prompt end
+$$;
+
+
+ALTER FUNCTION public.character_prompt(prompt text, trigger_phrase text) OWNER TO postgres;
+
+--
+-- Name: characters_touch(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.characters_touch() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+begin
+  new.updated_at := now();
+  return new;
+end
+$$;
+
+
+ALTER FUNCTION public.characters_touch() OWNER TO postgres;
+
+--
 -- Name: dispatcher_fail_job(uuid, text, text, boolean, integer, double precision, double precision); Type: FUNCTION; Schema: public; Owner: postgres
 --
 
@@ -278,17 +310,26 @@ begin
 
   insert into public.image_jobs
     (id, batch_id, user_id, position, prompt, quality, aspect_ratio, seed, width, height, steps,
-     format, output_quality, storage_path)
-  select p.id, new.id, new.user_id, p.ordinality - 1, public.strip_blank(p.prompt),
+     format, output_quality, storage_path, character_id, character_weight, adapter_path, adapter_sha256)
+  select p.id, new.id, new.user_id, p.ordinality - 1,
+         public.character_prompt(public.strip_blank(p.prompt), c.trigger_phrase),
          new.quality, new.aspect_ratio, new.seed,
          case new.aspect_ratio when '9:16' then 576 else 1024 end,
          case new.aspect_ratio when '16:9' then 576 else 1024 end,
          case new.quality when 'high' then 16 else 9 end,
          new.format, new.output_quality,
          public.image_job_storage_path(p.id, new.project_id, new.timings -> (p.ordinality - 1)::int,
-                                       new.format)
-  from (select gen_random_uuid() as id, u.prompt, u.ordinality
-          from unnest(new.prompts) with ordinality as u (prompt, ordinality)) p;
+                                       new.format),
+         c.id,
+         case when c.id is not null then coalesce(p.weight, p.batch_weight, c.default_weight) end,
+         c.adapter_path, c.adapter_sha256
+  from (select gen_random_uuid() as id, u.prompt, u.ordinality,
+               coalesce((e.entry ->> 'id')::uuid, new.character_id) as character_id,
+               (e.entry ->> 'weight')::real as weight,
+               case when e.entry ->> 'id' is null then new.character_weight end as batch_weight
+          from unnest(new.prompts) with ordinality as u (prompt, ordinality)
+          left join lateral (select new.prompt_characters -> (u.ordinality - 1)::int as entry) e on true) p
+  left join public.characters c on c.id = p.character_id;
 
   insert into public.image_job_events (batch_id, kind, payload)
   values (new.id, 'progress', jsonb_build_object(
@@ -385,6 +426,81 @@ $_$;
 
 
 ALTER FUNCTION public.image_batches_validate() OWNER TO postgres;
+
+--
+-- Name: image_batches_validate_characters(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.image_batches_validate_characters() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $_$
+declare
+  n integer := coalesce(cardinality(new.prompts), 0);
+  i integer;
+  entry jsonb;
+  field text;
+  chosen uuid;
+  weight jsonb;
+  found public.characters;
+begin
+  if new.character_weight is not null and new.character_id is null then
+    raise exception using errcode = 'check_violation',
+      message = 'character_weight: applies only with a character_id';
+  end if;
+  if new.character_weight is not null and not (new.character_weight between 0 and 2) then
+    raise exception using errcode = 'check_violation',
+      message = format('character_weight: must be between 0 and 2, got %s', new.character_weight);
+  end if;
+  if new.prompt_characters is not null
+     and (jsonb_typeof(new.prompt_characters) <> 'array' or jsonb_array_length(new.prompt_characters) <> n) then
+    raise exception using errcode = 'check_violation',
+      message = 'prompt_characters: must be a list with one entry (null or {"id", "weight"}) per prompt';
+  end if;
+  for i in 1 .. n loop
+    entry := new.prompt_characters -> (i - 1);
+    field := format('prompt_characters[%s]', i - 1);
+    if entry is null or jsonb_typeof(entry) = 'null' then
+      chosen := new.character_id;
+      field := 'character_id';
+    elsif jsonb_typeof(entry) <> 'object' or not entry ? 'id'
+          or exists (select from jsonb_object_keys(entry) k where k not in ('id', 'weight')) then
+      raise exception using errcode = 'check_violation',
+        message = format('%s: must be null or {"id": a character id, "weight": 0-2}', field);
+    else
+      if jsonb_typeof(entry -> 'id') <> 'string'
+         or (entry ->> 'id') !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
+        raise exception using errcode = 'check_violation',
+          message = format('%s.id: must be a character id (a UUID)', field);
+      end if;
+      weight := entry -> 'weight';
+      if weight is not null and jsonb_typeof(weight) <> 'null'
+         and (jsonb_typeof(weight) <> 'number' or not ((weight)::numeric between 0 and 2)) then
+        raise exception using errcode = 'check_violation',
+          message = format('%s.weight: must be a number between 0 and 2, got %s', field, left(weight::text, 40));
+      end if;
+      chosen := (entry ->> 'id')::uuid;
+      field := field || '.id';
+    end if;
+    continue when chosen is null;
+    found := public.usable_character(chosen, new.user_id);
+    if found.id is null then
+      raise exception using errcode = 'check_violation',
+        message = format('%s: no character %s that you may use (it does not exist, or is another user''s '
+                         'and not shared)', field, chosen);
+    end if;
+    if char_length(public.character_prompt(public.strip_blank(new.prompts[i]), found.trigger_phrase)) > 1000 then
+      raise exception using errcode = 'check_violation',
+        message = format('prompts[%s]: with the trigger phrase of character %s the prompt is over 1000 '
+                         'characters', i - 1, found.name);
+    end if;
+  end loop;
+  return new;
+end
+$_$;
+
+
+ALTER FUNCTION public.image_batches_validate_characters() OWNER TO postgres;
 
 --
 -- Name: image_batches_validate_output(); Type: FUNCTION; Schema: public; Owner: postgres
@@ -701,6 +817,68 @@ SET default_tablespace = '';
 SET default_table_access_method = heap;
 
 --
+-- Name: characters; Type: TABLE; Schema: public; Owner: postgres
+--
+
+CREATE TABLE public.characters (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    owner_id uuid NOT NULL,
+    name text NOT NULL,
+    trigger_phrase text,
+    adapter_path text NOT NULL,
+    adapter_sha256 text NOT NULL,
+    adapter_bytes bigint NOT NULL,
+    default_weight real DEFAULT 1.0 NOT NULL,
+    shared boolean DEFAULT false NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT characters_adapter_bytes_check CHECK ((adapter_bytes > 0)),
+    CONSTRAINT characters_adapter_path_check CHECK (((char_length(adapter_path) >= 1) AND (char_length(adapter_path) <= 512))),
+    CONSTRAINT characters_adapter_sha256_check CHECK ((adapter_sha256 ~ '^[0-9a-f]{64}$'::text)),
+    CONSTRAINT characters_default_weight_check CHECK (((default_weight >= (0)::double precision) AND (default_weight <= (2)::double precision))),
+    CONSTRAINT characters_name_check CHECK ((((char_length(name) >= 1) AND (char_length(name) <= 100)) AND (name !~ '[[:cntrl:]]'::text))),
+    CONSTRAINT characters_trigger_phrase_check CHECK ((((char_length(trigger_phrase) >= 1) AND (char_length(trigger_phrase) <= 200)) AND (trigger_phrase !~ '[[:cntrl:]]'::text)))
+);
+
+
+ALTER TABLE public.characters OWNER TO postgres;
+
+--
+-- Name: TABLE characters; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON TABLE public.characters IS 'LoRA adapters by character; owners manage theirs, everyone reads the shared ones';
+
+
+--
+-- Name: COLUMN characters.trigger_phrase; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON COLUMN public.characters.trigger_phrase IS 'put before each prompt that uses the character (unless the prompt already says it)';
+
+
+--
+-- Name: COLUMN characters.adapter_path; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON COLUMN public.characters.adapter_path IS 'its key in the private character-adapters bucket';
+
+
+--
+-- Name: usable_character(uuid, uuid); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.usable_character(wanted uuid, for_user uuid) RETURNS public.characters
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+  select c.* from public.characters c where c.id = wanted and (c.owner_id = for_user or c.shared)
+$$;
+
+
+ALTER FUNCTION public.usable_character(wanted uuid, for_user uuid) OWNER TO postgres;
+
+--
 -- Name: image_batches; Type: TABLE; Schema: public; Owner: postgres
 --
 
@@ -719,6 +897,9 @@ CREATE TABLE public.image_batches (
     output_quality integer,
     webhook text,
     webhook_events text[] DEFAULT '{complete}'::text[] NOT NULL,
+    character_id uuid,
+    character_weight real,
+    prompt_characters jsonb,
     CONSTRAINT image_batches_webhook_check CHECK (((webhook ~ '^https?://[^\s]+$'::text) AND (length(webhook) <= 2048))),
     CONSTRAINT image_batches_webhook_events_check CHECK (((webhook_events <@ ARRAY['image'::text, 'failed'::text, 'complete'::text]) AND (cardinality(webhook_events) > 0)))
 );
@@ -745,6 +926,27 @@ COMMENT ON COLUMN public.image_batches.output_quality IS 'webp and jpeg only: 1-
 --
 
 COMMENT ON COLUMN public.image_batches.webhook IS 'called with the batch''s events (signed, Standard Webhooks); the address is checked at each delivery';
+
+
+--
+-- Name: COLUMN image_batches.character_id; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON COLUMN public.image_batches.character_id IS 'the character of every prompt without one of its own';
+
+
+--
+-- Name: COLUMN image_batches.character_weight; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON COLUMN public.image_batches.character_weight IS 'the adapter''s weight (0-2); default: the character''s';
+
+
+--
+-- Name: COLUMN image_batches.prompt_characters; Type: COMMENT; Schema: public; Owner: postgres
+--
+
+COMMENT ON COLUMN public.image_batches.prompt_characters IS 'one entry per prompt: null (the batch''s character) or {"id": uuid, "weight": 0-2}';
 
 
 --
@@ -868,7 +1070,14 @@ CREATE TABLE public.image_jobs (
     format text DEFAULT 'png'::text NOT NULL,
     output_quality integer,
     progress jsonb,
+    character_id uuid,
+    character_weight real,
+    adapter_path text,
+    adapter_sha256 text,
+    CONSTRAINT image_jobs_adapter_check CHECK ((((adapter_path IS NULL) = (adapter_sha256 IS NULL)) AND ((adapter_path IS NULL) = (character_weight IS NULL)))),
+    CONSTRAINT image_jobs_adapter_sha256_check CHECK ((adapter_sha256 ~ '^[0-9a-f]{64}$'::text)),
     CONSTRAINT image_jobs_attempts_check CHECK ((attempts >= 0)),
+    CONSTRAINT image_jobs_character_weight_check CHECK (((character_weight >= (0)::double precision) AND (character_weight <= (2)::double precision))),
     CONSTRAINT image_jobs_format_check CHECK ((format = ANY (ARRAY['png'::text, 'webp'::text, 'jpeg'::text]))),
     CONSTRAINT image_jobs_image_sha256_check CHECK ((image_sha256 ~ '^[0-9a-f]{64}$'::text)),
     CONSTRAINT image_jobs_max_attempts_check CHECK ((max_attempts > 0)),
@@ -970,6 +1179,30 @@ ALTER TABLE public.image_webhook_deliveries ALTER COLUMN id ADD GENERATED ALWAYS
     NO MAXVALUE
     CACHE 1
 );
+
+
+--
+-- Name: characters characters_adapter_path_key; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.characters
+    ADD CONSTRAINT characters_adapter_path_key UNIQUE (adapter_path);
+
+
+--
+-- Name: characters characters_owner_id_name_key; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.characters
+    ADD CONSTRAINT characters_owner_id_name_key UNIQUE (owner_id, name);
+
+
+--
+-- Name: characters characters_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.characters
+    ADD CONSTRAINT characters_pkey PRIMARY KEY (id);
 
 
 --
@@ -1122,6 +1355,13 @@ CREATE INDEX image_webhook_deliveries_pending ON public.image_webhook_deliveries
 
 
 --
+-- Name: characters characters_touch; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER characters_touch BEFORE UPDATE ON public.characters FOR EACH ROW EXECUTE FUNCTION public.characters_touch();
+
+
+--
 -- Name: image_batches image_batches_create_jobs; Type: TRIGGER; Schema: public; Owner: postgres
 --
 
@@ -1133,6 +1373,13 @@ CREATE TRIGGER image_batches_create_jobs AFTER INSERT ON public.image_batches FO
 --
 
 CREATE TRIGGER image_batches_validate BEFORE INSERT OR UPDATE OF prompts, quality, aspect_ratio, seed, timings ON public.image_batches FOR EACH ROW EXECUTE FUNCTION public.image_batches_validate();
+
+
+--
+-- Name: image_batches image_batches_validate_characters; Type: TRIGGER; Schema: public; Owner: postgres
+--
+
+CREATE TRIGGER image_batches_validate_characters BEFORE INSERT ON public.image_batches FOR EACH ROW EXECUTE FUNCTION public.image_batches_validate_characters();
 
 
 --
@@ -1185,6 +1432,14 @@ CREATE TRIGGER image_jobs_touch BEFORE UPDATE ON public.image_jobs FOR EACH ROW 
 
 
 --
+-- Name: characters characters_owner_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.characters
+    ADD CONSTRAINT characters_owner_id_fkey FOREIGN KEY (owner_id) REFERENCES auth.users(id) ON DELETE CASCADE;
+
+
+--
 -- Name: image_batches image_batches_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -1225,6 +1480,14 @@ ALTER TABLE ONLY public.image_jobs
 
 
 --
+-- Name: image_jobs image_jobs_character_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.image_jobs
+    ADD CONSTRAINT image_jobs_character_id_fkey FOREIGN KEY (character_id) REFERENCES public.characters(id) ON DELETE SET NULL;
+
+
+--
 -- Name: image_jobs image_jobs_reused_from_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres
 --
 
@@ -1255,6 +1518,12 @@ ALTER TABLE ONLY public.image_projects
 ALTER TABLE ONLY public.image_webhook_deliveries
     ADD CONSTRAINT image_webhook_deliveries_batch_id_fkey FOREIGN KEY (batch_id) REFERENCES public.image_batches(id) ON DELETE CASCADE;
 
+
+--
+-- Name: characters; Type: ROW SECURITY; Schema: public; Owner: postgres
+--
+
+ALTER TABLE public.characters ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: image_batches; Type: ROW SECURITY; Schema: public; Owner: postgres
@@ -1305,10 +1574,24 @@ ALTER TABLE public.image_rate_limits ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.image_webhook_deliveries ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: characters users change their own characters; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY "users change their own characters" ON public.characters FOR UPDATE TO authenticated USING ((owner_id = ( SELECT auth.uid() AS uid))) WITH CHECK ((owner_id = ( SELECT auth.uid() AS uid)));
+
+
+--
 -- Name: image_batches users insert their own batches; Type: POLICY; Schema: public; Owner: postgres
 --
 
 CREATE POLICY "users insert their own batches" ON public.image_batches FOR INSERT TO authenticated WITH CHECK ((user_id = ( SELECT auth.uid() AS uid)));
+
+
+--
+-- Name: characters users read their own and the shared characters; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY "users read their own and the shared characters" ON public.characters FOR SELECT TO authenticated USING (((owner_id = ( SELECT auth.uid() AS uid)) OR shared));
 
 
 --
@@ -1342,6 +1625,13 @@ CREATE POLICY "users read their own projects" ON public.image_projects FOR SELEC
 
 
 --
+-- Name: characters users remove their own characters; Type: POLICY; Schema: public; Owner: postgres
+--
+
+CREATE POLICY "users remove their own characters" ON public.characters FOR DELETE TO authenticated USING ((owner_id = ( SELECT auth.uid() AS uid)));
+
+
+--
 -- Name: SCHEMA public; Type: ACL; Schema: -; Owner: pg_database_owner
 --
 
@@ -1366,6 +1656,20 @@ GRANT ALL ON FUNCTION public.cancel_image_job(job_id uuid) TO service_role;
 
 REVOKE ALL ON FUNCTION public.cancel_image_jobs(batch_id uuid, job_ids uuid[], for_user uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.cancel_image_jobs(batch_id uuid, job_ids uuid[], for_user uuid) TO service_role;
+
+
+--
+-- Name: FUNCTION character_prompt(prompt text, trigger_phrase text); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.character_prompt(prompt text, trigger_phrase text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION characters_touch(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.characters_touch() FROM PUBLIC;
 
 
 --
@@ -1404,6 +1708,13 @@ REVOKE ALL ON FUNCTION public.image_batches_create_jobs() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION public.image_batches_validate() FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION image_batches_validate_characters(); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.image_batches_validate_characters() FROM PUBLIC;
 
 
 --
@@ -1487,6 +1798,91 @@ GRANT ALL ON FUNCTION public.strip_blank(value text) TO service_role;
 
 REVOKE ALL ON FUNCTION public.take_rate_limit_token(bucket text, burst integer, per_s double precision) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.take_rate_limit_token(bucket text, burst integer, per_s double precision) TO service_role;
+
+
+--
+-- Name: TABLE characters; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT ALL ON TABLE public.characters TO service_role;
+GRANT DELETE ON TABLE public.characters TO authenticated;
+
+
+--
+-- Name: COLUMN characters.id; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT(id) ON TABLE public.characters TO authenticated;
+
+
+--
+-- Name: COLUMN characters.owner_id; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT(owner_id) ON TABLE public.characters TO authenticated;
+
+
+--
+-- Name: COLUMN characters.name; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT(name),UPDATE(name) ON TABLE public.characters TO authenticated;
+
+
+--
+-- Name: COLUMN characters.trigger_phrase; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT(trigger_phrase),UPDATE(trigger_phrase) ON TABLE public.characters TO authenticated;
+
+
+--
+-- Name: COLUMN characters.adapter_sha256; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT(adapter_sha256) ON TABLE public.characters TO authenticated;
+
+
+--
+-- Name: COLUMN characters.adapter_bytes; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT(adapter_bytes) ON TABLE public.characters TO authenticated;
+
+
+--
+-- Name: COLUMN characters.default_weight; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT(default_weight),UPDATE(default_weight) ON TABLE public.characters TO authenticated;
+
+
+--
+-- Name: COLUMN characters.shared; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT(shared),UPDATE(shared) ON TABLE public.characters TO authenticated;
+
+
+--
+-- Name: COLUMN characters.created_at; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT(created_at) ON TABLE public.characters TO authenticated;
+
+
+--
+-- Name: COLUMN characters.updated_at; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT(updated_at) ON TABLE public.characters TO authenticated;
+
+
+--
+-- Name: FUNCTION usable_character(wanted uuid, for_user uuid); Type: ACL; Schema: public; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION public.usable_character(wanted uuid, for_user uuid) FROM PUBLIC;
 
 
 --
@@ -1579,6 +1975,27 @@ GRANT INSERT(webhook) ON TABLE public.image_batches TO authenticated;
 --
 
 GRANT INSERT(webhook_events) ON TABLE public.image_batches TO authenticated;
+
+
+--
+-- Name: COLUMN image_batches.character_id; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT INSERT(character_id) ON TABLE public.image_batches TO authenticated;
+
+
+--
+-- Name: COLUMN image_batches.character_weight; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT INSERT(character_weight) ON TABLE public.image_batches TO authenticated;
+
+
+--
+-- Name: COLUMN image_batches.prompt_characters; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT INSERT(prompt_characters) ON TABLE public.image_batches TO authenticated;
 
 
 --
@@ -1793,6 +2210,20 @@ GRANT SELECT(progress) ON TABLE public.image_jobs TO authenticated;
 
 
 --
+-- Name: COLUMN image_jobs.character_id; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT(character_id) ON TABLE public.image_jobs TO authenticated;
+
+
+--
+-- Name: COLUMN image_jobs.character_weight; Type: ACL; Schema: public; Owner: postgres
+--
+
+GRANT SELECT(character_weight) ON TABLE public.image_jobs TO authenticated;
+
+
+--
 -- Name: TABLE image_projects; Type: ACL; Schema: public; Owner: postgres
 --
 
@@ -1853,6 +2284,7 @@ ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON TABLES 
 --
 
 -- storage buckets (outside public, from the catalogs):
+--   character-adapters | character-adapters | False | 536870912 | {application/octet-stream}
 --   generated-assets | generated-assets | True | 20971520 | {image/png,image/jpeg,image/webp}
 
 -- storage policies (outside public, from the catalogs):

@@ -42,7 +42,7 @@ select set_eq(
   select 'table' as kind, t as name, 'service_role' as grantee, p as privilege
     from unnest(array['image_batches', 'image_jobs', 'image_job_events', 'image_projects',
                       'image_idempotency_keys', 'image_webhook_deliveries', 'image_rate_limits',
-                      'image_dispatchers']) t,
+                      'image_dispatchers', 'characters']) t,
          unnest(array['INSERT', 'SELECT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) p
   union all
   select 'table', t, 'authenticated', 'SELECT'
@@ -52,11 +52,22 @@ select set_eq(
     from unnest(array['id', 'batch_id', 'user_id', 'position', 'prompt', 'quality', 'aspect_ratio', 'seed',
                       'status', 'attempts', 'max_attempts', 'error', 'image_url', 'storage_path', 'width',
                       'height', 'steps', 'created_at', 'updated_at', 'started_at', 'finished_at',
-                      'reused_from', 'format', 'output_quality', 'progress']) c
+                      'reused_from', 'format', 'output_quality', 'progress', 'character_id',
+                      'character_weight']) c
   union all
   select 'column', 'image_batches.' || c, 'authenticated', 'INSERT'
     from unnest(array['id', 'user_id', 'prompts', 'quality', 'aspect_ratio', 'seed', 'project_id', 'timings',
-                      'format', 'output_quality', 'webhook', 'webhook_events']) c
+                      'format', 'output_quality', 'webhook', 'webhook_events', 'character_id',
+                      'character_weight', 'prompt_characters']) c
+  union all
+  select 'column', 'characters.' || c, 'authenticated', 'SELECT'
+    from unnest(array['id', 'owner_id', 'name', 'trigger_phrase', 'adapter_sha256', 'adapter_bytes',
+                      'default_weight', 'shared', 'created_at', 'updated_at']) c
+  union all
+  select 'column', 'characters.' || c, 'authenticated', 'UPDATE'
+    from unnest(array['name', 'trigger_phrase', 'default_weight', 'shared']) c
+  union all
+  values ('table', 'characters', 'authenticated', 'DELETE')
   union all
   values ('sequence', 'image_job_events_id_seq', 'service_role', 'USAGE'),
          ('sequence', 'image_job_events_id_seq', 'service_role', 'SELECT'),
