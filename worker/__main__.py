@@ -28,6 +28,7 @@ def main() -> None:
     configure_logging()
     import runpod
 
+    from worker.adapters import AdapterCache
     from worker.handler import make_handler
     from worker.pipeline import ImageGenerator
     from worker.settings import WorkerSettings
@@ -38,6 +39,7 @@ def main() -> None:
         generator,
         refresh_worker_on_oom=settings.refresh_worker_on_oom,
         report_progress=runpod.serverless.progress_update if settings.on_platform else None,
+        adapter_cache=AdapterCache(settings.adapter_cache_dir, settings.lora_cache_bytes),
     )
     runpod.serverless.start({"handler": handler})
 

@@ -66,3 +66,19 @@ class OutputRefused(WorkerError):
 
     error_type = "output_refused"
     retryable = False
+
+
+class AdapterInvalid(WorkerError):
+    """The job's LoRA adapter can never be used: its bytes do not match its hash, it is not a
+    safetensors file, or it does not fit this model."""
+
+    error_type = "adapter_invalid"
+    retryable = False
+
+
+class AdapterUnavailable(WorkerError):
+    """The adapter could not be downloaded (an expired URL, Storage down): another attempt,
+    with a fresh URL, may succeed."""
+
+    error_type = "adapter_download_failed"
+    retryable = True

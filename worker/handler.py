@@ -10,10 +10,12 @@ from typing import Any
 
 import structlog
 
+from worker.adapters import AdapterCache
 from worker.encoding import encode
-from worker.errors import OutOfMemory, OutputTooLarge, WorkerError
+from worker.errors import AdapterInvalid, OutOfMemory, OutputTooLarge, WorkerError
 from worker.pipeline import ImageGenerator, StepCallback
 from worker.request import parse_job
+from worker.settings import WorkerSettings
 from worker.upload import upload
 
 # RunPod accepts results up to about 10 MB through /run; keep a margin for the envelope. Only
@@ -36,12 +38,19 @@ def make_handler(
     refresh_worker_on_oom: bool = True,
     max_output_bytes: int = MAX_OUTPUT_BASE64_BYTES,
     report_progress: ProgressReporter | None = None,
+    adapter_cache: AdapterCache | None = None,
 ) -> Handler:
+    """``adapter_cache``: where character adapters are kept (default: WorkerSettings')."""
+    if adapter_cache is None:
+        defaults = WorkerSettings()
+        adapter_cache = AdapterCache(defaults.adapter_cache_dir, defaults.lora_cache_bytes)
+    cache = adapter_cache
+
     def handle(job: dict[str, Any]) -> dict[str, Any]:
         job_log = log.bind(job_id=job.get("id"))
         on_step = _progress(job, report_progress) if report_progress is not None else None
         try:
-            return _generate(generator, job.get("input"), job_log, max_output_bytes, on_step)
+            return _generate(generator, cache, job.get("input"), job_log, max_output_bytes, on_step)
         except WorkerError as error:
             job_log.warning(
                 "job.failed", error_type=error.error_type, retryable=error.retryable, error=str(error)
@@ -72,19 +81,31 @@ def _progress(job: dict[str, Any], report: ProgressReporter) -> StepCallback:
 
 def _generate(
     generator: ImageGenerator,
+    adapter_cache: AdapterCache,
     raw_input: Any,
     job_log: Any,
     max_output_bytes: int,
     on_step: StepCallback | None = None,
 ) -> dict[str, Any]:
     request, delivery = parse_job(raw_input)
-    image = generator.generate(request, on_step)
+    adapter = adapter_cache.fetch(request.lora) if request.lora is not None else None
+    try:
+        image = generator.generate(request, on_step, adapter)
+    except AdapterInvalid:
+        if adapter is not None:  # verified bytes that do not load: keep no copy of them
+            adapter_cache.discard(adapter.sha256)
+        raise
     encoded = encode(image.image, delivery)
     timings = {
         "load_ms": round(generator.load_ms, 1),
         "inference_ms": round(image.inference_ms, 1),
         "encode_ms": round(encoded.encode_ms, 1),
     }
+    if adapter is not None:
+        timings["lora_download_ms"] = round(adapter.download_ms, 1)
+    if image.adapter is not None:
+        timings["lora_load_ms"] = round(image.adapter.load_ms, 1)
+        timings["lora_switch_ms"] = round(image.adapter.switch_ms, 1)
     described: dict[str, Any] = {
         "width": image.width,
         "height": image.height,
@@ -94,6 +115,8 @@ def _generate(
         "bytes": len(encoded.data),
         "sha256": encoded.sha256,
     }
+    if adapter is not None:
+        described["lora"] = {"sha256": adapter.sha256, "weight": adapter.weight}
     if delivery.upload_url is not None:
         started = time.perf_counter()
         stored = upload(delivery.upload_url, encoded.data, encoded.content_type)
@@ -112,7 +135,8 @@ def _generate(
         "job.generated",
         prompt_chars=len(request.prompt),
         delivered="upload" if delivery.upload_url is not None else "base64",
-        **{key: value for key, value in described.items() if key != "sha256"},
+        **{key: value for key, value in described.items() if key not in ("sha256", "lora")},
+        lora=adapter.sha256[:12] if adapter is not None else None,
         **timings,
     )
     return {**answer, "timings": timings}

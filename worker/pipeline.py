@@ -12,6 +12,7 @@ import structlog
 import torch
 from diffusers import ZImagePipeline
 
+from worker.adapters import Activation, CachedAdapter, LoadedAdapters
 from worker.errors import OutOfMemory
 from worker.request import ASPECT_RATIO_SIZES, GUIDANCE_SCALE, GenerationRequest
 from worker.settings import WorkerSettings
@@ -32,6 +33,7 @@ class GeneratedImage:
     width: int
     height: int
     inference_ms: float
+    adapter: Activation | None = None  # set when the job asked for an adapter or left one
 
 
 def pick_device() -> torch.device:
@@ -61,17 +63,19 @@ def load_pipeline(settings: WorkerSettings, device: torch.device) -> Any:
 class ImageGenerator:
     """The loaded pipeline and the device it lives on; one per worker process."""
 
-    def __init__(self, pipe: Any, device: torch.device, load_ms: float) -> None:
+    def __init__(self, pipe: Any, device: torch.device, load_ms: float, max_loaded_adapters: int = 4) -> None:
         self.pipe = pipe
         self.device = device
         self.load_ms = load_ms
+        self.adapters = LoadedAdapters(pipe, max_loaded_adapters)
 
     @classmethod
     def load(cls, settings: WorkerSettings) -> ImageGenerator:
         device = pick_device()
         started = time.perf_counter()
         pipe = load_pipeline(settings, device)
-        generator = cls(pipe, device, load_ms=(time.perf_counter() - started) * 1000)
+        load_ms = (time.perf_counter() - started) * 1000
+        generator = cls(pipe, device, load_ms, max_loaded_adapters=settings.lora_max_loaded)
         log.info(
             "pipeline.loaded",
             model_id=settings.model_id,
@@ -89,8 +93,16 @@ class ImageGenerator:
             self.generate(GenerationRequest(prompt="warm-up", steps=2, width=width, height=height, seed=0))
         log.info("pipeline.warmed_up", warmup_ms=round((time.perf_counter() - started) * 1000))
 
-    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GeneratedImage:
-        """One image; ``on_step(step, steps, elapsed_s)`` is called after each denoising step."""
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_step: StepCallback | None = None,
+        adapter: CachedAdapter | None = None,
+    ) -> GeneratedImage:
+        """One image with exactly ``adapter`` active (None: the base model, whatever ran before);
+        ``on_step(step, steps, elapsed_s)`` is called after each denoising step."""
+        had_adapter = self.adapters.active
+        activation = self.adapters.activate(adapter)
         started = time.perf_counter()
 
         def step_done(_pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -120,6 +132,7 @@ class ImageGenerator:
             width=image.width,
             height=image.height,
             inference_ms=(time.perf_counter() - started) * 1000,
+            adapter=activation if adapter is not None or had_adapter else None,
         )
 
     def free_memory(self) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from worker.adapters import AdapterRequest
 from worker.errors import InvalidInput
 from worker.text import strip_blank
 
@@ -19,6 +22,8 @@ GUIDANCE_SCALE = 0.0  # Z-Image-Turbo is distilled for guidance-free sampling
 FORMATS = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
 DEFAULT_OUTPUT_QUALITY = 90  # for webp and jpeg, when none is asked for
 MAX_URL_CHARS = 8192
+MIN_ADAPTER_WEIGHT, MAX_ADAPTER_WEIGHT = 0.0, 2.0
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 KNOWN_KEYS = frozenset(
     {
@@ -32,8 +37,10 @@ KNOWN_KEYS = frozenset(
         "output_quality",
         "upload_url",
         "storage_path",
+        "lora",
     }
 )
+LORA_KEYS = frozenset({"url", "sha256", "weight"})
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class GenerationRequest:
     width: int
     height: int
     seed: int
+    lora: AdapterRequest | None = None  # a character's adapter; None: the base model
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,7 @@ def parse_request(raw: Any) -> GenerationRequest:
         width=width,
         height=height,
         seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed,
+        lora=_lora(raw.get("lora")),
     )
 
 
@@ -116,6 +125,28 @@ def _text(raw: dict[str, Any], key: str) -> str | None:
     if not isinstance(value, str) or not value or len(value) > MAX_URL_CHARS:
         raise InvalidInput(f"{key}: must be a non-empty string of at most {MAX_URL_CHARS} characters")
     return value
+
+
+def _lora(raw: Any) -> AdapterRequest | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"lora: must be an object {{url, sha256, weight}}, got {type(raw).__name__}")
+    if unknown := sorted(set(raw) - LORA_KEYS):
+        raise InvalidInput(f"lora.{unknown[0]}: unknown field (allowed: sha256, url, weight)")
+    url, sha256 = raw.get("url"), raw.get("sha256")
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")) or len(url) > MAX_URL_CHARS:
+        raise InvalidInput(f"lora.url: must be an http(s) URL of at most {MAX_URL_CHARS} characters")
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        raise InvalidInput("lora.sha256: must be the file's SHA-256 as 64 lowercase hex digits")
+    weight = raw.get("weight", 1.0)
+    if not isinstance(weight, int | float) or isinstance(weight, bool) or not math.isfinite(weight):
+        raise InvalidInput(f"lora.weight: must be a number, got {type(weight).__name__}")
+    if not MIN_ADAPTER_WEIGHT <= weight <= MAX_ADAPTER_WEIGHT:
+        raise InvalidInput(
+            f"lora.weight: must be between {MIN_ADAPTER_WEIGHT:g} and {MAX_ADAPTER_WEIGHT:g}, got {weight}"
+        )
+    return AdapterRequest(url=url, sha256=sha256, weight=float(weight))
 
 
 def _prompt(raw: dict[str, Any]) -> str:

@@ -100,3 +100,24 @@ def _tokenizer() -> object:
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def build_tiny_adapter(model: Path, path: Path, seed: int, rank: int = 4) -> Path:
+    """A random LoRA adapter for the tiny pipeline's transformer (its attention projections),
+    saved as one .safetensors file at path, as a character's adapter is; return path."""
+    import torch
+    from diffusers import ZImagePipeline, ZImageTransformer2DModel
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    transformer = ZImageTransformer2DModel.from_pretrained(model / "transformer")
+    torch.manual_seed(seed)
+    # init_lora_weights=False: random B as well as A, so the adapter changes the image from the start
+    transformer.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False)
+    )
+    ZImagePipeline.save_lora_weights(
+        path.parent,
+        transformer_lora_layers=get_peft_model_state_dict(transformer),
+        weight_name=path.name,
+    )
+    return path

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from worker.adapters import AdapterRequest
 from worker.errors import InvalidInput, OutOfMemory
 from worker.request import (
     FORMATS,
@@ -19,6 +20,7 @@ from worker.request import (
     parse_request,
 )
 
+SHA, URL = "ab" * 32, "https://storage.example/object/sign/character-adapters/a.safetensors?token=t"
 JSON_VALUES = st.recursive(
     st.none()
     | st.booleans()
@@ -55,6 +57,33 @@ JSON_VALUES = st.recursive(
         ({"prompt": "a", "width": 240, "height": 512}, "width: must be between 256 and 2048, got 240"),
         ({"prompt": "a", "steps": 50}, "steps: unknown field"),
         ({"prompt": "a", "guidance_scale": 3.5}, "guidance_scale: unknown field"),
+        ({"prompt": "a", "lora": "napoleon"}, "lora: must be an object {url, sha256, weight}, got str"),
+        ({"prompt": "a", "lora": {"sha256": SHA}}, "lora.url: must be an http(s) URL"),
+        (
+            {"prompt": "a", "lora": {"url": "file:///etc/passwd", "sha256": SHA}},
+            "lora.url: must be an http(s)",
+        ),
+        (
+            {"prompt": "a", "lora": {"url": URL, "sha256": SHA.upper()}},
+            "lora.sha256: must be the file's SHA-256",
+        ),
+        (
+            {"prompt": "a", "lora": {"url": URL, "sha256": SHA[:-1]}},
+            "lora.sha256: must be the file's SHA-256",
+        ),
+        (
+            {"prompt": "a", "lora": {"url": URL, "sha256": SHA, "weight": "1"}},
+            "lora.weight: must be a number",
+        ),
+        (
+            {"prompt": "a", "lora": {"url": URL, "sha256": SHA, "weight": True}},
+            "lora.weight: must be a number",
+        ),
+        (
+            {"prompt": "a", "lora": {"url": URL, "sha256": SHA, "weight": 2.5}},
+            "lora.weight: must be between 0",
+        ),
+        ({"prompt": "a", "lora": {"url": URL, "sha256": SHA, "scale": 1}}, "lora.scale: unknown field"),
     ],
 )
 def test_bad_input_is_refused_naming_the_field(raw: Any, message: str) -> None:
@@ -125,6 +154,14 @@ def test_bad_delivery_is_refused_naming_the_field(raw: Any, message: str) -> Non
     with pytest.raises(InvalidInput) as caught:
         parse_job(raw)
     assert str(caught.value).startswith(message)
+
+
+def test_a_lora_is_parsed_with_weight_1_by_default() -> None:
+    assert parse_request({"prompt": "a"}).lora is None
+    assert parse_request({"prompt": "a", "lora": {"url": URL, "sha256": SHA}}).lora == AdapterRequest(
+        URL, SHA, 1.0
+    )
+    assert parse_request({"prompt": "a", "lora": {"url": URL, "sha256": SHA, "weight": 0}}).lora.weight == 0.0  # type: ignore[union-attr]
 
 
 def test_delivery_defaults_to_a_base64_png_and_lossy_formats_to_quality_90() -> None:
