@@ -25,7 +25,8 @@ from PIL import Image
 
 from devstack.png import payload_png, solid_png
 from devstack.runpod_platform import Job, Platform
-from worker.errors import InvalidInput, UploadFailed, WorkerError
+from worker.adapters import AdapterRequest
+from worker.errors import AdapterInvalid, AdapterUnavailable, InvalidInput, UploadFailed, WorkerError
 from worker.request import Delivery, GenerationRequest, parse_job
 from worker.upload import refusal, storage_status
 
@@ -129,6 +130,12 @@ class SyntheticWorkers:
         if self.random.random() < self.platform.faults.rate_worker_death:
             self.platform.abandon(job)  # this worker "dies"; a fresh one takes its place
             return
+        if request.lora is not None:
+            try:
+                await self._fetch_adapter(request.lora)
+            except WorkerError as error:
+                self.platform.report(job.id, worker_id, {"error": error.to_runpod_error()})
+                return
         await self._steps(job, worker_id, request.steps, seconds)
         data = self._image(request, delivery)
         output: dict[str, Any] = {
@@ -141,6 +148,8 @@ class SyntheticWorkers:
             "sha256": hashlib.sha256(data).hexdigest(),
             "timings": {"load_ms": 0.0, "inference_ms": round(seconds * 1000, 1), "encode_ms": 0.0},
         }
+        if request.lora is not None:
+            output["lora"] = {"sha256": request.lora.sha256, "weight": request.lora.weight}
         if delivery.upload_url is None:
             output["image_base64"] = base64.b64encode(data).decode("ascii")
         else:
@@ -155,10 +164,25 @@ class SyntheticWorkers:
     def _image(self, request: GenerationRequest, delivery: Delivery) -> bytes:
         if self.payload_bytes and delivery.format == "png":
             return payload_png(request.width, request.height, self.payload_bytes)
-        colour = _colour(request.prompt, request.seed)
+        lora = request.lora
+        colour = _colour(
+            request.prompt if lora is None else f"{lora.sha256}@{lora.weight}:{request.prompt}", request.seed
+        )
         if delivery.format == "png":
             return solid_png(request.width, request.height, colour)
         return _solid(request.width, request.height, colour, delivery.format, delivery.output_quality)
+
+    async def _fetch_adapter(self, lora: AdapterRequest) -> None:
+        """Download and check the adapter as the real worker does (no cache: each job fetches)."""
+        assert self._http is not None
+        try:
+            response = await self._http.get(lora.url)
+        except httpx.HTTPError as exc:
+            raise AdapterUnavailable(f"adapter download failed: {type(exc).__name__}") from exc
+        if not response.is_success:
+            raise AdapterUnavailable(f"adapter {lora.sha256[:12]}: download answered {response.status_code}")
+        if hashlib.sha256(response.content).hexdigest() != lora.sha256:
+            raise AdapterInvalid(f"adapter {lora.sha256[:12]}: the downloaded bytes do not match its hash")
 
     async def _upload(self, delivery: Delivery, data: bytes) -> str:
         """As worker/upload.py does it (one try): its reading of Storage's answers is shared."""

@@ -41,7 +41,9 @@ class Dispatcher:
         store: JobStore,
         gpu: GpuEndpoint,
         storage: ObjectStorage,
+        adapters: ObjectStorage,
     ) -> None:
+        """``storage``: the images' bucket; ``adapters``: the characters' adapters' (private)."""
         self.settings = settings
         self.store = store
         self.gpu = gpu
@@ -54,6 +56,7 @@ class Dispatcher:
             store,
             gpu,
             storage,
+            adapters,
             self.endpoints,
             self.model,
             self.queue,

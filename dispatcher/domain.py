@@ -140,6 +140,9 @@ class ClaimedJob:
     submissions: int  # RunPod submissions so far, never reset: names this one's webhook
     format: str = "png"  # png | webp | jpeg: the storage key's extension says the same
     output_quality: int | None = None  # webp and jpeg
+    character_weight: float | None = None  # with the adapter, as the row resolved them at insert time
+    adapter_path: str | None = None  # in the character-adapters bucket
+    adapter_sha256: str | None = None
 
     def __post_init__(self) -> None:
         # The row says it in text; the code speaks the enum.

@@ -45,6 +45,7 @@ from dispatcher.domain import (
     RunPodUnauthorized,
     RunPodUnavailable,
     StorageError,
+    StorageRejected,
     StoreUnavailable,
     Success,
     WorkerFailure,
@@ -120,6 +121,7 @@ class JobRunner:
     store: JobStore
     gpu: GpuEndpoint
     storage: ObjectStorage
+    adapters: ObjectStorage  # the characters' adapters: read by the workers through signed URLs
     endpoints: EndpointPool
     model: LatencyModel
     queue: QueueView
@@ -183,6 +185,12 @@ class JobRunner:
             if upload_url is None:
                 raise AlreadyStored
             worker_input |= {"upload_url": upload_url, "storage_path": job.upload_path}
+        if job.adapter_path is not None:
+            try:
+                url = await self.adapters.signed_download_url(job.adapter_path, settings.adapter_url_seconds)
+            except StorageRejected as error:
+                raise StorageRejected(f"the character's adapter: {error}") from error
+            worker_input["lora"] = {"url": url, "sha256": job.adapter_sha256, "weight": job.character_weight}
         payload: dict[str, Any] = {
             "input": worker_input,
             "policy": {

@@ -70,7 +70,13 @@ async def running_service(
         settings.supabase_service_role_key.get_secret_value(),
         settings.storage_bucket,
     )
-    dispatcher = Dispatcher(settings, store, runpod, storage)
+    adapters = SupabaseStorage(
+        storage_http,
+        settings.supabase_url,
+        settings.supabase_service_role_key.get_secret_value(),
+        settings.adapter_bucket,
+    )
+    dispatcher = Dispatcher(settings, store, runpod, storage, adapters)
     listener = PostgresListener(
         str(settings.database_url),
         {"image_jobs_queued": dispatcher.wake, "image_job_completed": dispatcher.hint_completed},

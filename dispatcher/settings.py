@@ -26,6 +26,13 @@ class DispatcherSettings(DatabaseSettings):
     )
     runpod_endpoint_base_url: str = "https://api.runpod.ai/v2"
     storage_bucket: str = "generated-assets"
+    adapter_bucket: str = "character-adapters"
+    adapter_url_seconds: int = Field(
+        default=900,
+        ge=60,
+        description="how long the download URL of a character's adapter, signed at each submission, "
+        "stays valid: long enough for the job's wait in RunPod's queue",
+    )
     webhook_public_url: str | None = Field(
         default=None,
         description="public base URL of this service, e.g. https://images.example.com; RunPod then POSTs "

@@ -54,6 +54,19 @@ class SupabaseStorage:
             raise StorageError(f"signing an upload of {path} failed: {type(exc).__name__}") from exc
         return str(signed["signed_url"])
 
+    async def signed_download_url(self, path: str, expires_in_s: int) -> str:
+        """A URL that reads path for expires_in_s seconds, for a worker with no credential of its
+        own; StorageRejected when no object is there (another attempt would find none either)."""
+        try:
+            signed = await self._bucket.create_signed_url(path, expires_in_s)
+        except StorageApiError as exc:
+            if str(exc.status) == "404":
+                raise StorageRejected(f"{path} is not stored (removed?)") from exc
+            raise _storage_error(f"signing a download of {path}", exc) from exc
+        except httpx.HTTPError as exc:
+            raise StorageError(f"signing a download of {path} failed: {type(exc).__name__}") from exc
+        return str(signed["signedURL"])
+
     async def download(self, path: str) -> bytes:
         try:
             return bytes(await self._bucket.download(path))

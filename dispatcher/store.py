@@ -205,6 +205,8 @@ class PostgresJobStore:
             "seed": job.seed,
             "format": job.format,
             "output_quality": job.output_quality,
+            "adapter_sha256": job.adapter_sha256,
+            "character_weight": job.character_weight,
         }
         async with self._connection() as conn, conn.cursor(row_factory=class_row(ReusableImage)) as cursor:
             await cursor.execute(QUERIES["find_reusable"], params)

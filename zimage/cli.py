@@ -161,10 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=0, help="the app's port (default: a free one)")
     demo.set_defaults(run=_demo)
 
+    from zimage.characters import add_character_commands
     from zimage.devstack_commands import add_devstack_commands
     from zimage.operator_commands import add_operator_commands
 
     add_operator_commands(commands)
+    add_character_commands(commands)
     add_devstack_commands(commands)
     return parser
 

@@ -60,7 +60,8 @@ with due as (
 )
 select c.id, c.batch_id, c.user_id, c.position, c.prompt, c.quality, c.aspect_ratio, c.seed,
        c.attempts, c.max_attempts, c.width, c.height, c.steps, c.runpod_job_id, c.runpod_endpoint_id,
-       c.created_at, c.previous_status, c.storage_path, c.submissions, c.format, c.output_quality
+       c.created_at, c.previous_status, c.storage_path, c.submissions, c.format, c.output_quality,
+       c.character_weight, c.adapter_path, c.adapter_sha256
   from claimed c;
 
 -- name: mark_submitted
@@ -184,6 +185,8 @@ select id, storage_path, image_sha256, width, height, steps
  where md5(prompt) = md5(%(prompt)s) and prompt = %(prompt)s and quality = %(quality)s
    and aspect_ratio = %(aspect_ratio)s and seed = %(seed)s and status = 'succeeded'
    and format = %(format)s and output_quality is not distinct from %(output_quality)s
+   and adapter_sha256 is not distinct from %(adapter_sha256)s
+   and character_weight is not distinct from %(character_weight)s::real
    and image_sha256 is not null
  order by finished_at desc
  limit 1;

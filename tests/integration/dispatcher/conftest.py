@@ -62,6 +62,7 @@ async def cloud(tmp_path: Path) -> AsyncIterator[Cloud]:
             allowed_mime_types=["image/png", "image/jpeg", "image/webp"],
         )
     )
+    storage.add_bucket(Bucket("character-adapters", False, 512 * 1024 * 1024, ["application/octet-stream"]))
     runpod_server = LoopbackServer(
         build_runpod_app(platform, API_KEY, "rpw_test", take_timeout_s=1), "runpod"
     )
