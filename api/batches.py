@@ -3,6 +3,7 @@ as its caller (so RLS applies), and a batch's snapshot with queue positions."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,10 @@ from worker.request import (
 _BODY_NAMES = {"aspect_ratio": "aspectRatio", "project_id": "projectId"}
 _FIELD = re.compile(r"^(\w+)")
 _TIMING = re.compile(r"^timings\b")  # the body has no timings: they come with its prompts
+# nor prompt_characters: each prompt's character comes with it
+_PROMPT_CHARACTER = re.compile(r"^prompt_characters(?:\[(\d+)\](?:\.(id|weight))?)?")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+MAX_CHARACTER_WEIGHT = 2.0  # the database's rule too (image_batches_validate_characters)
 WEBHOOK_EVENTS = ("image", "failed", "complete")
 WEBHOOK_STATES = ("pending", "delivered", "failed")
 
@@ -39,6 +44,13 @@ WEBHOOK_STATES = ("pending", "delivered", "failed")
 MAX_PROMPTS = 100  # the database's rule too (image_batches_validate)
 # not blank: some character that is not white space (zero-width ones are blank too: see worker/text.py)
 _PROMPT = {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS, "pattern": "\\S"}
+_CHARACTER_ID = {"type": "string", "format": "uuid", "description": "a character you own, or a shared one"}
+_CHARACTER_WEIGHT = {
+    "type": "number",
+    "minimum": 0,
+    "maximum": MAX_CHARACTER_WEIGHT,
+    "description": "the adapter's strength; default: the character's",
+}
 # generate-images' body, for the OpenAPI document: built from what from_body and the database
 # check, so the two cannot disagree on a name, an enum or a bound.
 BODY_SCHEMA: dict[str, Any] = {
@@ -54,18 +66,29 @@ BODY_SCHEMA: dict[str, Any] = {
                     "maxItems": MAX_PROMPTS,
                     "items": {
                         "type": "object",
-                        "required": ["prompt", "startTime", "endTime"],
+                        "required": ["prompt"],
                         "properties": {
                             "prompt": _PROMPT,
                             "index": {"type": "integer", "minimum": 0, "maximum": 99999},
                             "startTime": {"type": "number", "minimum": 0, "maximum": 1000000},
                             "endTime": {"type": "number", "minimum": 0, "maximum": 1000000},
+                            "character_id": _CHARACTER_ID,
+                            "character_weight": _CHARACTER_WEIGHT,
+                        },
+                        "dependentRequired": {
+                            "startTime": ["endTime"],
+                            "endTime": ["startTime"],
+                            "index": ["startTime", "endTime"],
+                            "character_weight": ["character_id"],
                         },
                     },
                 },
             ],
-            "description": "one image per prompt; timed prompts make the old edge function's keys",
+            "description": "one image per prompt; timed prompts make the old edge function's keys "
+            "(all timed or none); a prompt's character_id overrides the batch's",
         },
+        "character_id": _CHARACTER_ID,
+        "character_weight": _CHARACTER_WEIGHT,
         "quality": {"enum": list(QUALITY_STEPS), "default": "basic"},
         "aspectRatio": {"enum": list(ASPECT_RATIO_SIZES), "default": "16:9"},
         "projectId": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
@@ -93,7 +116,11 @@ BODY_SCHEMA: dict[str, Any] = {
         "stream": {"type": "boolean", "description": "answer the batch's progress as SSE"},
         "wait": {"type": "boolean", "description": "false: answer 202 with the links at once"},
     },
-    "dependentRequired": {"webhook_events": ["webhook"], "output_quality": ["format"]},
+    "dependentRequired": {
+        "webhook_events": ["webhook"],
+        "output_quality": ["format"],
+        "character_weight": ["character_id"],
+    },
     "if": {"properties": {"format": {"const": "png"}}, "required": ["format"]},
     "then": {"not": {"required": ["output_quality"]}},
 }
@@ -111,6 +138,9 @@ class BatchRequest:
     output_quality: int | None = None  # webp and jpeg: 1-100 (the database's default: 90)
     webhook: str | None = None  # called with the batch's events (dispatcher/outbound.py)
     webhook_events: list[str] | None = None  # image, failed, complete; the database's default: complete
+    character_id: str | None = None  # every prompt's character, unless the prompt names its own
+    character_weight: float | None = None
+    prompt_characters: list[dict[str, Any] | None] | None = None  # per prompt: null or {id, weight}
 
     @classmethod
     def from_body(cls, body: dict[str, Any], webhook_hosts: frozenset[str] = frozenset()) -> BatchRequest:
@@ -122,17 +152,28 @@ class BatchRequest:
                 400, "prompts: a non-empty list of strings or of {index, prompt, startTime, endTime}"
             )
         timings: list[dict[str, Any]] | None = None
+        characters: list[dict[str, Any] | None] | None = None
         if all(isinstance(p, dict) for p in prompts):
-            timings = []
             for i, item in enumerate(prompts):
                 if not isinstance(item.get("prompt"), str):
                     raise HttpError(400, f"prompts[{i}].prompt: must be a string")
-                timings.append({key: item.get(key, i if key == "index" else None) for key in _TIMING_KEYS})
+            # Timed prompts are all timed (the old function's keys number them all); the
+            # database says which timing is wrong.
+            if any(key in item for item in prompts for key in _TIMING_KEYS):
+                timings = [
+                    {key: item.get(key, i if key == "index" else None) for key in _TIMING_KEYS}
+                    for i, item in enumerate(prompts)
+                ]
+            entries = [_prompt_character(item, f"prompts[{i}].") for i, item in enumerate(prompts)]
+            characters = entries if any(entries) else None
             texts = [item["prompt"] for item in prompts]
         elif all(isinstance(p, str) for p in prompts):
             texts = list(prompts)
         else:
-            raise HttpError(400, "prompts: all strings, or all {index, prompt, startTime, endTime} objects")
+            raise HttpError(
+                400, "prompts: all strings, or all {prompt, index, startTime, endTime, character_id} objects"
+            )
+        character = _prompt_character(body, "")
         return cls(
             prompts=texts,
             quality=_string(body, "quality", "basic"),
@@ -144,10 +185,32 @@ class BatchRequest:
             output_quality=_optional_integer(body, "output_quality"),
             webhook=_webhook(body, webhook_hosts),
             webhook_events=_webhook_events(body),
+            character_id=character["id"] if character else None,
+            character_weight=character.get("weight") if character else None,
+            prompt_characters=characters,
         )
 
 
 _TIMING_KEYS = ("index", "startTime", "endTime")
+
+
+def _prompt_character(item: dict[str, Any], where: str) -> dict[str, Any] | None:
+    """{id, weight} from an object's character_id and character_weight, or None. Shapes only:
+    whether the caller may use it, and the weight's range, are the database's rules."""
+    character_id, weight = item.get("character_id"), item.get("character_weight")
+    if character_id is None:
+        if weight is not None:
+            raise HttpError(400, f"{where}character_weight: applies only with a character_id")
+        return None
+    if not isinstance(character_id, str) or not _UUID.match(character_id):
+        raise HttpError(400, f"{where}character_id: must be a character id (a UUID)")
+    if weight is None:
+        return {"id": character_id.lower()}
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
+        raise HttpError(400, f"{where}character_weight: must be a number")
+    if not 0 <= weight <= MAX_CHARACTER_WEIGHT:  # before Postgres: a float4 holds no 1e300
+        raise HttpError(400, f"{where}character_weight: must be between 0 and {MAX_CHARACTER_WEIGHT:g}")
+    return {"id": character_id.lower(), "weight": float(weight)}
 
 
 def _string(body: dict[str, Any], name: str, default: str) -> str:
@@ -233,6 +296,11 @@ async def insert_batch(
                     "output_quality": batch.output_quality,
                     "webhook": batch.webhook,
                     "webhook_events": batch.webhook_events,
+                    "character_id": batch.character_id,
+                    "character_weight": batch.character_weight,
+                    "prompt_characters": Jsonb(batch.prompt_characters)
+                    if batch.prompt_characters is not None
+                    else None,
                 },
             )
             row = await cursor.fetchone()
@@ -254,7 +322,16 @@ async def insert_batch(
 
 def _body_names(message: str) -> str:
     message = _TIMING.sub("prompts", message, count=1)
+    message = _PROMPT_CHARACTER.sub(_prompt_character_name, message, count=1)
     return _FIELD.sub(lambda m: _BODY_NAMES.get(m.group(1), m.group(1)), message, count=1)
+
+
+def _prompt_character_name(match: re.Match[str]) -> str:
+    """prompt_characters[3].weight as the body says it: prompts[3].character_weight."""
+    index, part = match.group(1), match.group(2)
+    if index is None:
+        return "prompts"
+    return f"prompts[{index}]" + {"id": ".character_id", "weight": ".character_weight"}.get(part or "", "")
 
 
 async def batch_snapshot(conn: psycopg.AsyncConnection[Any], batch_id: UUID) -> dict[str, Any] | None:
@@ -291,6 +368,8 @@ async def batch_snapshot(conn: psycopg.AsyncConnection[Any], batch_id: UUID) -> 
         "projectId": batch["project_id"],
         "format": batch["format"],
         "output_quality": batch["output_quality"],
+        "character_id": str(batch["character_id"]) if batch["character_id"] else None,
+        "character_weight": batch["character_weight"],
         "webhook": None
         if batch["webhook"] is None
         else {"url": batch["webhook"], "events": batch["webhook_events"], **_deliveries(deliveries)},
@@ -302,6 +381,7 @@ async def batch_snapshot(conn: psycopg.AsyncConnection[Any], batch_id: UUID) -> 
                 "job_id": str(job["id"]),
                 "position": job["position"],
                 "prompt": job["prompt"],
+                "character_id": str(job["character_id"]) if job["character_id"] else None,
                 "status": job["status"],
                 "url": job["image_url"],
                 "error": job["error"],

@@ -5,14 +5,15 @@
 -- and make the jobs; a refusal is mapped to a 4xx in api/batches.py.
 insert into public.image_batches
   (user_id, prompts, quality, aspect_ratio, project_id, seed, timings, format, output_quality,
-   webhook, webhook_events)
+   webhook, webhook_events, character_id, character_weight, prompt_characters)
 values (%(user_id)s, %(prompts)s, %(quality)s, %(aspect_ratio)s, %(project_id)s, %(seed)s, %(timings)s,
-        %(format)s, %(output_quality)s, %(webhook)s, coalesce(%(webhook_events)s::text[], '{complete}'))
+        %(format)s, %(output_quality)s, %(webhook)s, coalesce(%(webhook_events)s::text[], '{complete}'),
+        %(character_id)s, %(character_weight)s, %(prompt_characters)s)
 returning id;
 
 -- name: batch
 select id, user_id, created_at, quality, aspect_ratio, project_id, format, output_quality,
-       webhook, webhook_events
+       webhook, webhook_events, character_id, character_weight
   from public.image_batches
  where id = %(batch_id)s;
 
@@ -31,7 +32,8 @@ with queue as (
       from public.image_jobs where status = 'queued'
 )
 select j.id, j.position, j.prompt, j.status, j.image_url, j.error, j.attempts, j.max_attempts,
-       j.finished_at, q.queue_position, j.started_at, j.quality, j.width, j.height, j.progress
+       j.finished_at, q.queue_position, j.started_at, j.quality, j.width, j.height, j.progress,
+       j.character_id
   from public.image_jobs j left join queue q on q.id = j.id
  where j.batch_id = %(batch_id)s
  order by j.position;
@@ -144,3 +146,11 @@ select j.id, j.batch_id, j.user_id, j.position, j.prompt, j.error, j.attempts, j
    and (%(before_at)s::timestamptz is null or (j.finished_at, j.id) < (%(before_at)s, %(before_id)s::uuid))
  order by j.finished_at desc, j.id desc
  limit %(limit)s;
+
+-- name: list_characters
+-- As the caller (act_as_user first, for users): row level security leaves their own and the
+-- shared characters.
+select id, owner_id, name, trigger_phrase, default_weight, shared
+  from public.characters
+ order by name, created_at
+ limit 500;

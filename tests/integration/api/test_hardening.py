@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -17,8 +18,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from devstack.postgres import PostgresCluster
-from tests.integration.api.conftest import Api, ApiFactory
+from tests.integration.api.conftest import USER_A, USER_B, Api, ApiFactory
 from tests.integration.dispatcher.conftest import Cloud, DispatcherFactory, wait_for_batch
+from tests.integration.dispatcher.test_characters import adapter_file
+from zimage.characters import CharacterSettings, NewCharacter, add_character
 
 GENERATE = "/functions/v1/generate-images"
 
@@ -195,14 +198,23 @@ VALUE = st.recursive(
     ),
     max_leaves=8,
 )
+# Characters by name: "<napoleon>" is replaced by its id once the test has registered it.
+CHARACTER = st.sampled_from(["<napoleon>", "<nelson>", "<josephine>", "<unknown>"]) | VALUE
+WEIGHT = st.floats(-1, 3) | VALUE
 TIMED = st.fixed_dictionaries(
-    {"prompt": st.text(max_size=8) | NASTY, "index": VALUE, "startTime": VALUE, "endTime": VALUE}
+    {"prompt": st.text(max_size=8) | NASTY, "index": VALUE, "startTime": VALUE, "endTime": VALUE},
+    optional={"character_id": CHARACTER, "character_weight": WEIGHT},
+)
+CAST = st.fixed_dictionaries(
+    {"prompt": st.sampled_from(["at Austerlitz", "at sea"]) | NASTY},
+    optional={"character_id": CHARACTER, "character_weight": WEIGHT},
 )
 BODY = st.fixed_dictionaries(
     {"wait": st.just(False)},
     optional={
         "prompts": st.lists(st.text(max_size=10) | NASTY, max_size=3)
         | st.lists(TIMED, max_size=3)
+        | st.lists(CAST, max_size=3)
         | st.lists(
             st.integers(0, 3).map(
                 lambda i: {"index": i, "prompt": f"p{i}", "startTime": i, "endTime": i + 1}
@@ -219,16 +231,52 @@ BODY = st.fixed_dictionaries(
         "webhook": st.sampled_from(["https://hooks.example.com/x", "http://h.example", "https://10.0.0.1/"])
         | VALUE,
         "webhook_events": st.lists(st.sampled_from(["image", "failed", "complete", "x"]), max_size=3) | VALUE,
+        "character_id": CHARACTER,
+        "character_weight": WEIGHT,
     },
 )
 
 
+def with_ids(value: Any, ids: dict[str, str]) -> Any:
+    if isinstance(value, str) and value.startswith("<") and value.endswith(">") and value[1:-1] in ids:
+        return ids[value[1:-1]]
+    if isinstance(value, list):
+        return [with_ids(item, ids) for item in value]
+    if isinstance(value, dict):
+        return {key: with_ids(item, ids) for key, item in value.items()}
+    return value
+
+
+async def register_characters(api: Api, cloud: Cloud, tmp_path: Path) -> dict[str, str]:
+    """A's private Napoleon and shared Josephine, B's private Nelson, with adapter files in the
+    Storage stand-in, through the registry's own code."""
+    registry = CharacterSettings.model_validate(
+        {
+            "database_url": api.database_url,
+            "supabase_url": cloud.storage_server.url,
+            "supabase_service_role_key": cloud.keys.service_role_key,
+        }
+    )
+    ids = {"unknown": "0c0c0c0c-0000-4000-8000-000000000000"}
+    for name, owner, shared in (
+        ("napoleon", USER_A, False),
+        ("nelson", USER_B, False),
+        ("josephine", USER_A, True),
+    ):
+        new = NewCharacter(
+            owner, name, adapter_file(tmp_path / f"{name}.safetensors", name[:1].encode()), shared=shared
+        )
+        ids[name] = str((await asyncio.to_thread(add_character, registry, new))["id"])
+    return ids
+
+
 async def test_any_body_gets_a_json_answer_below_500_and_whatever_is_accepted_runs_once_and_succeeds(
-    start_api: ApiFactory, cloud: Cloud, dispatcher: DispatcherFactory
+    start_api: ApiFactory, cloud: Cloud, dispatcher: DispatcherFactory, tmp_path: Path
 ) -> None:
     accepted: list[str] = []
     async with start_api(rate_limit_burst=100_000) as api:
-        tokens = [api.token(), api.token("bbbbbbbb-0000-0000-0000-00000000000b"), api.keys.anon_key]
+        tokens = [api.token(), api.token(USER_B), api.keys.anon_key]
+        ids = await register_characters(api, cloud, tmp_path)
 
         @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
         @given(body=BODY, who=st.sampled_from(tokens))
@@ -245,7 +293,17 @@ async def test_any_body_gets_a_json_answer_below_500_and_whatever_is_accepted_ru
             },
             who=tokens[0],
         )
+        @example(
+            body={
+                "wait": False,
+                "prompts": [{"prompt": "at sea"}, {"prompt": "at home", "character_id": "<josephine>"}],
+                "character_id": "<nelson>",
+                "character_weight": 0.5,
+            },
+            who=tokens[1],
+        )
         def post(body: dict[str, Any], who: str) -> None:
+            body = with_ids(body, ids)
             with httpx.Client(base_url=api.url, timeout=20) as client:
                 headers = {"Authorization": f"Bearer {who}", "content-type": "application/json"}
                 # json.dumps escapes what is not ASCII, lone surrogates included, as a browser would
@@ -267,7 +325,13 @@ async def test_any_body_gets_a_json_answer_below_500_and_whatever_is_accepted_ru
                 complete = await wait_for_batch(api.database_url, UUID(batch_id), timeout_s=60)
                 assert complete["failed"] == 0, complete
         async with await psycopg.AsyncConnection.connect(api.database_url) as conn:
-            row = await (await conn.execute("select count(*), max(attempts) from image_jobs")).fetchone()
+            row = await (
+                await conn.execute(
+                    "select count(*), max(attempts), count(*) filter (where adapter_path is not null)"
+                    " from image_jobs"
+                )
+            ).fetchone()
     assert row is not None
+    assert row[2] > 0, "some accepted jobs had a character"
     assert cloud.platform.counters.submits == row[0], "each accepted job ran on the GPU exactly once"
     assert row[1] == 1

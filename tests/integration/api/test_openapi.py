@@ -29,6 +29,7 @@ async def test_the_document_is_openapi_3_1_and_names_every_function(start_api: A
             "batch-status",
             "batches",
             "cancel",
+            "characters",
             "failed-jobs",
             "generate-images",
             "retry-failed",
