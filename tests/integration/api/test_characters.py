@@ -49,6 +49,17 @@ async def post(api: Api, body: dict[str, Any], user: str = USER_A) -> tuple[int,
     return response.status_code, response.json()
 
 
+def fill(value: Any, ids: dict[str, str]) -> Any:
+    """The body with each "{name}" replaced by that character's id."""
+    if isinstance(value, str):
+        return value.format(**ids)
+    if isinstance(value, list):
+        return [fill(item, ids) for item in value]
+    if isinstance(value, dict):
+        return {key: fill(item, ids) for key, item in value.items()}
+    return value
+
+
 async def batches_of(api: Api, user: str) -> int:
     async with await psycopg.AsyncConnection.connect(api.database_url) as conn:
         row = await (
@@ -109,14 +120,7 @@ async def test_a_character_the_caller_may_not_use_or_a_bad_shape_is_a_400_naming
     api: Api, characters: dict[str, str], body: dict[str, Any], message: str
 ) -> None:
     characters = {**characters, "unknown": str(uuid.uuid4())}
-    filled = {
-        key: value.format(**characters) if isinstance(value, str) else value for key, value in body.items()
-    }
-    if "prompts" in filled and isinstance(filled["prompts"][0], dict):
-        filled["prompts"] = [
-            {k: v.format(**characters) if k == "character_id" else v for k, v in item.items()}
-            for item in filled["prompts"]
-        ]
+    filled = fill(body, characters)
     status, answer = await post(api, {"prompts": ["a scene"], **filled})
     assert status == 400, answer
     assert answer["error"].startswith(message.format(**characters)), answer
