@@ -3,14 +3,16 @@ time, every state a tile shows, the viewer, retry, the admins' view, a phone and
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
-from tests.integration.api.conftest import ApiFactory, finish_job, job_ids
+from tests.integration.api.conftest import USER_A, USER_B, ApiFactory, finish_job, job_ids
 from tests.integration.dispatcher.conftest import Cloud, DispatcherFactory, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -151,3 +153,53 @@ async def test_history_states_viewer_retry_admin_view_and_screenshots(start_api:
             await browser.close()
     for name in ("history-light", "history-dark", "phone", "admin"):
         assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000
+
+
+async def test_the_character_picker_lists_what_the_user_may_use_and_the_batch_takes_the_choice(
+    start_api: ApiFactory,
+) -> None:
+    from playwright.async_api import async_playwright
+
+    async with start_api() as api, async_playwright() as playwright:
+        async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True) as conn:
+            for name, owner, shared in (
+                ("Napoleon", USER_A, False),
+                ("Josephine", USER_B, True),
+                ("Nelson", USER_B, False),
+            ):
+                await conn.execute(
+                    "insert into characters (owner_id, name, trigger_phrase, adapter_path, adapter_sha256,"
+                    " adapter_bytes, shared) values (%s, %s, %s, %s, %s, 1000, %s)",
+                    (
+                        owner,
+                        name,
+                        f"{name.lower()}_zit",
+                        f"{owner}/{name}",
+                        hashlib.sha256(name.encode()).hexdigest(),
+                        shared,
+                    ),
+                )
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{api.url}/#token={api.token()}")
+            picker = page.locator("#character option")
+            await wait_until(lambda: _count(picker, 3))
+            assert await picker.all_inner_texts() == ["none", "Josephine (shared)", "Napoleon"]
+            await page.select_option("#character", label="Napoleon")
+            await page.fill("#prompts", "at Austerlitz")
+            await page.click("button[type=submit]")
+            await page.locator("article.batch").first.wait_for(timeout=10_000)
+        finally:
+            await browser.close()
+        async with await psycopg.AsyncConnection.connect(api.database_url) as conn:
+            row = await (
+                await conn.execute(
+                    "select j.prompt, c.name from image_jobs j join characters c on c.id = j.character_id"
+                )
+            ).fetchone()
+    assert row == ("napoleon_zit, at Austerlitz", "Napoleon")
+
+
+async def _count(locator: Any, expected: int) -> bool:
+    return bool(await locator.count() == expected)
