@@ -1,8 +1,12 @@
 """Worker latency: cold start (imports, load, warm-up) and warm per-image latency for each
-quality and aspect ratio, through the real handler. Prints one JSON object on its last line.
+quality and aspect ratio, through the real handler; with --adapters N, what character LoRA
+adapters cost: the first load of each, a switch between loaded ones, back to none, and the
+per-image time with one active against none (random adapters of --adapter-rank for the model's
+own transformer, built first; MODEL_ID must then be a local directory). Prints one JSON object
+on its last line.
 
-    python bench/worker_latency.py                    # tiny offline pipeline (CPU or GPU)
-    MODEL_ID=/path/to/Z-Image-Turbo python bench/worker_latency.py --repeats 10
+    python bench/worker_latency.py --adapters 3       # tiny offline pipeline (CPU or GPU)
+    MODEL_ID=/path/to/Z-Image-Turbo python bench/worker_latency.py --repeats 10 --adapters 3 --adapter-rank 32
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed images per quality and aspect ratio")
+    parser.add_argument("--adapters", type=int, default=0, help="random LoRA adapters to time (0: none)")
+    parser.add_argument("--adapter-rank", type=int, default=4, help="their rank (characters: 16-64)")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -77,6 +83,7 @@ def main() -> None:
             }
             print(f"{quality:>5} {aspect_ratio:>4}: {results[f'{quality} {aspect_ratio}']}", file=sys.stderr)
 
+    adapters = adapter_costs(generator, Path(settings.model_id), args) if args.adapters else None
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(
         json.dumps(
@@ -89,9 +96,54 @@ def main() -> None:
                 "load_ms": round(generator.load_ms),
                 "cold_start_ms": round(cold_ms),
                 "warm": results,
+                "adapters": adapters,
             }
         )
     )
+
+
+def adapter_costs(generator: Any, model: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Through ImageGenerator.generate, as the handler calls it with a cached adapter."""
+    import hashlib
+
+    from worker.adapters import CachedAdapter
+    from worker.request import GenerationRequest
+    from worker.tiny import build_tiny_adapter
+
+    directory = Path(tempfile.mkdtemp())
+    adapters = []
+    for n in range(args.adapters):
+        path = build_tiny_adapter(
+            model, directory / f"adapter-{n}.safetensors", seed=n, rank=args.adapter_rank
+        )
+        adapters.append(CachedAdapter(path, hashlib.sha256(path.read_bytes()).hexdigest(), 1.0, 0.0))
+    request = GenerationRequest(
+        prompt="A medieval market square, 1350", steps=9, width=1024, height=576, seed=1
+    )
+    first_load, switch, to_none, with_adapter, without = [], [], [], [], []
+    generator.generate(request)  # untimed, as above
+    for adapter in adapters:  # each loaded once
+        image = generator.generate(request, adapter=adapter)
+        first_load.append(image.adapter.load_ms + image.adapter.switch_ms)
+    for _ in range(args.repeats):
+        for adapter in adapters:  # all loaded (LORA_MAX_LOADED permitting): switches only
+            image = generator.generate(request, adapter=adapter)
+            switch.append(image.adapter.switch_ms)
+            with_adapter.append(image.inference_ms)
+        image = generator.generate(request)
+        to_none.append(image.adapter.switch_ms)
+        without.append(generator.generate(request).inference_ms)
+    costs = {
+        "rank": args.adapter_rank,
+        "file_bytes": adapters[0].path.stat().st_size,
+        "first_load_p50_ms": round(statistics.median(first_load), 1),
+        "switch_p50_ms": round(statistics.median(switch), 2),
+        "to_none_p50_ms": round(statistics.median(to_none), 2),
+        "inference_with_adapter_p50_ms": round(statistics.median(with_adapter), 1),
+        "inference_without_p50_ms": round(statistics.median(without), 1),
+    }
+    print(f"adapters: {costs}", file=sys.stderr)
+    return costs
 
 
 if __name__ == "__main__":
