@@ -148,7 +148,18 @@ def test_exit_codes_say_what_went_wrong(stack: dict[str, str], tmp_path: Path) -
 
 
 def test_every_subcommand_has_complete_help() -> None:
-    commands = ["migrate", "dispatch", "serve", "http", "demo", "submit", "status", "retry", "devstack"]
+    commands = [
+        "migrate",
+        "dispatch",
+        "serve",
+        "http",
+        "demo",
+        "submit",
+        "status",
+        "retry",
+        "devstack",
+        "characters",
+    ]
     for command in commands:
         result = zimage(command, "--help", env=dict(os.environ))
         assert result.returncode == 0
@@ -189,3 +200,61 @@ def test_cancel_a_batch_from_the_command_line(stack: dict[str, str]) -> None:
         assert cancelled.stdout.strip() == "cancelled 2 job(s)", cancelled.stderr
         states = conn.execute("select status from image_jobs where batch_id = %s", (row[0],)).fetchall()
     assert [state for (state,) in states] == ["cancelled", "cancelled"]
+
+
+def test_characters_add_list_and_remove(stack: dict[str, str], tmp_path: Path) -> None:
+    from worker.tiny import build_tiny_adapter, build_tiny_pipeline
+
+    env = environment(stack)
+    adapter = build_tiny_adapter(
+        build_tiny_pipeline(tmp_path / "tiny"), tmp_path / "napoleon.safetensors", seed=1
+    )
+    not_an_adapter = tmp_path / "notes.safetensors"
+    not_an_adapter.write_text("a text file")
+    owner = "demo@historygen.local"  # supabase/seed.sql's user, by email
+    refused = zimage(
+        "characters", "add", "Napoleon", "--lora", str(not_an_adapter), "--owner", owner, env=env
+    )
+    assert (refused.returncode, "not a safetensors file" in refused.stderr) == (2, True), refused.stderr
+    unknown = zimage(
+        "characters", "add", "Napoleon", "--lora", str(adapter), "--owner", "nobody@x.test", env=env
+    )
+    assert (unknown.returncode, "no such user" in unknown.stderr) == (2, True), unknown.stderr
+
+    added = zimage(
+        "characters",
+        "add",
+        "Napoleon",
+        "--lora",
+        str(adapter),
+        "--owner",
+        owner,
+        "--trigger",
+        "napoleon_zit",
+        "--weight",
+        "0.8",
+        "--json",
+        env=env,
+    )
+    assert added.returncode == 0, added.stderr
+    row = json.loads(added.stdout)
+    again = zimage("characters", "add", "Napoleon", "--lora", str(adapter), "--owner", owner, env=env)
+    assert (again.returncode, "already has a character named" in again.stderr) == (2, True), again.stderr
+    listed = json.loads(zimage("characters", "list", "--json", env=env).stdout)
+    assert [(c["name"], c["trigger_phrase"], c["owner"]) for c in listed] == [
+        ("Napoleon", "napoleon_zit", owner)
+    ]
+    with psycopg.connect(stack["DATABASE_URL"]) as conn:
+        (path,) = (
+            conn.execute("select adapter_path from characters where id = %s", (row["id"],)).fetchone() or ()
+        )
+    key = stack["SUPABASE_SERVICE_ROLE_KEY"]
+    object_url = f"{stack['SUPABASE_URL']}/storage/v1/object/character-adapters/{path}"
+    headers = {"Authorization": f"Bearer {key}", "apikey": key}
+    assert httpx.get(object_url, headers=headers).content == adapter.read_bytes()
+
+    removed = zimage("characters", "remove", row["id"], env=env)
+    assert removed.stdout.strip() == f"removed Napoleon ({row['id']})", removed.stderr
+    assert json.loads(zimage("characters", "list", "--json", env=env).stdout) == []
+    assert httpx.get(object_url, headers=headers).status_code != 200, "the file went with it"
+    assert zimage("characters", "remove", row["id"], env=env).returncode == 1
