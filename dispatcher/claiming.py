@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
@@ -208,6 +209,7 @@ class Dispatcher:
         for endpoint in self.endpoints.endpoint_ids:
             if endpoint in self.endpoints.unauthorized:
                 continue
+            asked_at = time.monotonic()
             try:
                 capacity = EndpointCapacity.from_health(await self.gpu.health(endpoint))
             except RunPodError as exc:
@@ -215,6 +217,18 @@ class Dispatcher:
                 continue
             self.capacity[endpoint] = capacity
             self.queue.workers[endpoint] = capacity.workers
+            if not self.settings.webhook_public_url:
+                # Polling: a job /health no longer counts has finished; look at it now rather
+                # than at its planned poll (the freed worker waits for the next submission).
+                seen = frozenset(
+                    job_id
+                    for job_id, run in self.active.items()
+                    if run.seen_unfinished_at is not None and run.seen_unfinished_at > asked_at
+                )
+                at_runpod = capacity.in_queue + capacity.in_progress
+                for job_id in self.queue.finished_unseen(endpoint, at_runpod, asked_at, seen):
+                    if (run := self.active.get(job_id)) is not None:
+                        run.hint.set()
         if self._admitted() > before:
             self._wake.set()
 

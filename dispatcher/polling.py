@@ -132,6 +132,23 @@ class QueueView:
         jobs[oldest].started_at = at
         return oldest
 
+    def finished_unseen(
+        self, endpoint: str, at_runpod: int, asked_at: float, seen_since: frozenset[Any] = frozenset()
+    ) -> list[Any]:
+        """The jobs most likely finished without our knowing, from a /health asked at
+        ``asked_at`` that counted ``at_runpod`` jobs queued or in progress (everyone's: at least
+        ours). Of our jobs submitted before the question, that many more than it counts have
+        finished; ``seen_since`` were seen unfinished after it, so were among those counted.
+        The longest started of the others are the likeliest: that many of them."""
+        held = [
+            (w.submitted_at if w.started_at is None else w.started_at, w.submitted_at, j)
+            for j, w in self.jobs.get(endpoint, {}).items()
+            if w.submitted_at < asked_at
+        ]
+        candidates = sorted((item for item in held if item[2] not in seen_since), key=lambda item: item[:2])
+        unseen = len(held) - at_runpod
+        return [j for _, _, j in candidates[: max(unseen, 0)]]
+
     def forget(self, endpoint: str, job: Any) -> None:
         self.jobs.get(endpoint, {}).pop(job, None)
 

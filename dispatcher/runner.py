@@ -99,6 +99,7 @@ class JobRun:
     maybe_submitted: bool = False  # a submission whose RunPod id we never learnt may exist
     marked_running: bool = False
     progress: dict[str, int] | None = None  # the worker's last step report, as recorded
+    seen_unfinished_at: float | None = None  # monotonic: the last poll that found it queued or running
 
     @classmethod
     def claimed(cls, job: ClaimedJob) -> JobRun:
@@ -309,6 +310,7 @@ class JobRunner:
                 run.polls += tally.requests  # every request sent, answered or not
             if state.finished:
                 return self._finished(run, state)
+            run.seen_unfinished_at = time.monotonic()
             if state.status == RunPodStatus.IN_PROGRESS:
                 self._started(run, state)
                 if not run.marked_running:

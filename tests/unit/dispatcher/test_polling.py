@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dispatcher.domain import RunPodState, RunPodStatus
 from dispatcher.polling import FixedSchedule, LatencyModel, PollSchedule, QueueView, queued_start
@@ -134,3 +136,36 @@ def test_a_finished_job_hands_its_worker_to_the_oldest_waiting_job() -> None:
     # a job submitted after a worker freed did not take that worker's place
     view.submitted("ep", "e", at=5.0)
     assert view.finished("ep", "d", at=4.0) is None
+
+
+def test_jobs_health_no_longer_counts_are_the_longest_started_ones_not_seen_since() -> None:
+    view = QueueView(workers={"ep": 2})
+    view.submitted("ep", "a", at=0.0, idle_worker=True)
+    view.submitted("ep", "b", at=0.5, idle_worker=True)
+    view.submitted("ep", "c", at=1.0)  # waits for a worker
+    view.submitted("ep", "late", at=5.0)  # after the question: health could not count it
+    assert view.finished_unseen("ep", at_runpod=3, asked_at=4.0) == []
+    assert view.finished_unseen("ep", at_runpod=2, asked_at=4.0) == ["a"]
+    assert view.finished_unseen("ep", at_runpod=1, asked_at=4.0) == ["a", "b"]
+    # a was seen running after the question: it was among those counted, so b is the one
+    assert view.finished_unseen("ep", at_runpod=2, asked_at=4.0, seen_since=frozenset({"a"})) == ["b"]
+    # other users' jobs at the endpoint make the count larger, never a job of ours look finished
+    assert view.finished_unseen("ep", at_runpod=9, asked_at=4.0) == []
+    assert view.finished_unseen("other", at_runpod=0, asked_at=4.0) == []
+
+
+@given(
+    st.lists(st.tuples(st.floats(0, 10), st.booleans()), max_size=8),
+    st.integers(0, 10),
+    st.floats(0, 12),
+)
+def test_finished_unseen_never_names_more_than_health_leaves_unaccounted(
+    jobs: list[tuple[float, bool]], at_runpod: int, asked_at: float
+) -> None:
+    view = QueueView(workers={"ep": 4})
+    for n, (at, idle) in enumerate(jobs):
+        view.submitted("ep", n, at=at, idle_worker=idle)
+    named = view.finished_unseen("ep", at_runpod, asked_at)
+    asked_before = [n for n, (at, _) in enumerate(jobs) if at < asked_at]
+    assert set(named) <= set(asked_before)
+    assert len(named) == max(len(asked_before) - at_runpod, 0)
