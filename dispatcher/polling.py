@@ -139,9 +139,10 @@ class QueueView:
         ``asked_at`` that counted ``at_runpod`` jobs queued or in progress (everyone's: at least
         ours). Of our jobs submitted before the question, that many more than it counts have
         finished; ``seen_since`` were seen unfinished after it, so were among those counted.
-        The longest started of the others are the likeliest: that many of them."""
+        The likeliest of the others: those known to have started, longest first, then the
+        waiting ones in submission order (one of them may have had its turn unnoticed)."""
         held = [
-            (w.submitted_at if w.started_at is None else w.started_at, w.submitted_at, j)
+            (w.started_at is None, w.submitted_at if w.started_at is None else w.started_at, j)
             for j, w in self.jobs.get(endpoint, {}).items()
             if w.submitted_at < asked_at
         ]

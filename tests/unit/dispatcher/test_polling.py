@@ -152,6 +152,10 @@ def test_jobs_health_no_longer_counts_are_the_longest_started_ones_not_seen_sinc
     # other users' jobs at the endpoint make the count larger, never a job of ours look finished
     assert view.finished_unseen("ep", at_runpod=9, asked_at=4.0) == []
     assert view.finished_unseen("other", at_runpod=0, asked_at=4.0) == []
+    # a job known to have started goes before one believed waiting, however long it has waited
+    view.submitted("ep", "d", at=2.0, idle_worker=True)
+    assert view.finished_unseen("ep", at_runpod=2, asked_at=4.0) == ["a", "b"]
+    assert view.finished_unseen("ep", at_runpod=1, asked_at=4.0) == ["a", "b", "d"]
 
 
 @given(
