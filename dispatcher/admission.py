@@ -16,6 +16,12 @@ another. So it covers the finishes that happen while one is being noticed: one j
 per worker finishing within the learnt detection delay (``queue_depth_for``). With a webhook a
 finish is known within milliseconds: one waiting job. Polling sees it later (bench/regimes.py
 measures how much), so more wait, the more so the more workers there are.
+
+One exception keeps a newcomer from waiting for a slot to free at all: a user with nothing in
+flight has their first job submitted even when the endpoints are full (``newcomer_room``), up
+to one such extra per worker. It joins RunPod's queue behind only the few jobs admission keeps
+there, so a user asking for one image while another has a hundred queued waits about one
+execution (plus the queue's) rather than for one of the hundred to finish and be noticed first.
 """
 
 from __future__ import annotations
@@ -66,6 +72,13 @@ def queue_depth_for(workers: int, detection_s: float, execution_s: float) -> int
     """Jobs to keep waiting at an endpoint: one, and one more for each worker expected to free
     while a finish is being noticed (``workers`` finish every ``execution_s``, spread out)."""
     return min(1 + round(workers * detection_s / max(execution_s, 0.05)), max(workers, 1))
+
+
+def newcomer_room(held: int, admitted: int, workers: int, max_in_flight: int) -> int:
+    """How many users with nothing in flight may have a job submitted now, beyond ``admitted``
+    (``held`` jobs held now): one extra per worker at most, and never past ``max_in_flight``."""
+    extra = max(held - admitted, 0)
+    return max(min(max(workers, 1) - extra, max_in_flight - held), 0)
 
 
 def admitted(

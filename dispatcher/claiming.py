@@ -21,7 +21,7 @@ from uuid import UUID
 
 import structlog
 
-from dispatcher.admission import EndpointCapacity, admitted
+from dispatcher.admission import EndpointCapacity, admitted, newcomer_room
 from dispatcher.domain import ClaimedJob, RunPodError, RunPodState, StoreUnavailable
 from dispatcher.endpoints import EndpointPool
 from dispatcher.metrics import JOBS_IN_FLIGHT
@@ -137,11 +137,18 @@ class Dispatcher:
             await self._read_capacity()  # before the first claim: how many to admit
         while not self._stopping.is_set():
             self._wake.clear()
-            free = min(self.settings.max_in_flight, self._admitted()) - len(self.active)
+            admit = self._admitted()
+            free = min(self.settings.max_in_flight, admit) - len(self.active)
+            per_user = self.settings.max_in_flight_per_user
+            if free <= 0 and self.settings.admission == "capacity" and self.capacity:
+                # Full: only users with nothing in flight, one job each (admission.py).
+                workers = sum(c.workers + c.initializing for c in self.capacity.values())
+                free = newcomer_room(len(self.active), admit, workers, self.settings.max_in_flight)
+                per_user = 1
             # While every endpoint refuses our key, jobs stay queued (the prober wakes us).
             if free > 0 and not self.endpoints.all_paused:
                 try:
-                    for job in await self.store.claim(free, self.settings.max_in_flight_per_user):
+                    for job in await self.store.claim(free, per_user):
                         self._start(job)
                 except StoreUnavailable as exc:
                     self.log.warning("claim.failed", error=str(exc))

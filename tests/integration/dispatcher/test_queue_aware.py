@@ -20,6 +20,7 @@ from tests.integration.dispatcher.conftest import (
     insert_batch,
     jobs_of,
     wait_for_batch,
+    wait_until,
 )
 
 
@@ -67,8 +68,10 @@ async def test_a_newcomer_waits_behind_the_queue_depth_not_behind_the_other_user
             )
         ).fetchone()
     assert ahead is not None
-    # B's job starts after at most the jobs already at RunPod: three running, one waiting
-    assert ahead[0] <= 3 + 1
+    # B has nothing in flight, so its job is submitted at once, over the full admission: it
+    # starts after at most the one job waiting at RunPod (and one submitted as B's was inserted),
+    # not after one of A's running three has finished and been noticed.
+    assert ahead[0] <= 1 + 1, ahead[0]
 
 
 async def test_with_a_webhook_every_job_passes_through_running_with_the_workers_start(
@@ -123,3 +126,27 @@ async def test_a_running_jobs_step_progress_is_recorded_from_its_status_polls(
         assert (await waiting)["failed"] == 0
     assert seen, "a poll while it ran recorded the worker's step"
     assert all(p["steps"] == 9 and 1 <= p["step"] <= 9 and p["elapsed_ms"] > 0 for p in seen)
+
+
+async def test_a_user_with_nothing_in_flight_is_submitted_at_once_even_when_admission_is_full(
+    database_url: str, cloud: Cloud, dispatcher: DispatcherFactory
+) -> None:
+    cloud.add_workers(count=2, seconds="30")  # nothing of A's finishes during the test
+    async with dispatcher(admission_queue_depth=1, capacity_poll_seconds=0.2, max_in_flight_per_user=64):
+        await insert_batch(database_url, [f"A's scene {n}" for n in range(10)], user_id=USER_A)
+        await wait_until(lambda: _submitted(database_url, USER_A, 3))  # two running, one waiting: full
+        await insert_batch(database_url, ["B's one scene"], user_id=USER_B)
+        await wait_until(lambda: _submitted(database_url, USER_B, 1), timeout_s=3)
+        await asyncio.sleep(0.5)
+        assert await _submitted(database_url, USER_A, 3, exactly=True), "A got no slot of B's"
+
+
+async def _submitted(database_url: str, user: str, n: int, exactly: bool = False) -> bool:
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        row = await (
+            await conn.execute(
+                "select count(*) from image_jobs where user_id = %s and runpod_job_id is not null", (user,)
+            )
+        ).fetchone()
+    count = row[0] if row else 0
+    return bool(count == n if exactly else count >= n)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.admission import EndpointCapacity, admitted, queue_depth_for
+from dispatcher.admission import EndpointCapacity, admitted, newcomer_room, queue_depth_for
 
 HEALTH = {
     "jobs": {"completed": 10, "failed": 0, "inProgress": 3, "inQueue": 2, "retried": 0},
@@ -49,3 +49,13 @@ def test_any_health_body_gives_a_capacity_of_non_negative_counts(health: object)
     for body in (health, {"workers": health, "jobs": health}):
         capacity = EndpointCapacity.from_health(body)
         assert min(capacity.idle, capacity.running, capacity.initializing, capacity.in_queue) >= 0
+
+
+def test_a_newcomer_gets_one_extra_slot_per_worker_and_never_past_max_in_flight() -> None:
+    assert newcomer_room(held=5, admitted=5, workers=3, max_in_flight=64) == 3
+    assert newcomer_room(held=7, admitted=5, workers=3, max_in_flight=64) == 1, "two extras already held"
+    assert newcomer_room(held=8, admitted=5, workers=3, max_in_flight=64) == 0
+    assert newcomer_room(held=5, admitted=5, workers=3, max_in_flight=6) == 1
+    assert newcomer_room(held=0, admitted=0, workers=0, max_in_flight=64) == 1, (
+        "scaled to zero: one, to wake it"
+    )
