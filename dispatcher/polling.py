@@ -179,7 +179,10 @@ class PollSchedule:
 
     ``finish_quantile``: how late in the learnt execution times the first look at a running job
     comes. Higher: fewer polls that find it still running, a later look at one that finished
-    early. ``expected_start``: when the job started or should start, as the QueueView knows."""
+    early. ``expected_start``: when the job started or should start, as the QueueView knows.
+    ``health_watch_s``: how often the endpoint's /health is read and names the jobs that have
+    finished (QueueView.finished_unseen), which are then looked at at once: the plan is only a
+    backstop then, each of its looks that long later (0: no such watch)."""
 
     model: LatencyModel
     key: Key
@@ -187,6 +190,7 @@ class PollSchedule:
     webhook: bool = False
     finish_quantile: float = 0.6
     expected_start: float | None = None
+    health_watch_s: float = 0.0
     polls: int = 0
     queued_polls: int = 0
 
@@ -202,7 +206,7 @@ class PollSchedule:
             # Nothing learnt for this size yet: look once the job has plausibly left the queue;
             # the answer (still queued, or running with its step progress) places the next poll.
             return start - now
-        return self._late_finish(start, expected) - now
+        return self._late_finish(start, expected) + self.health_watch_s - now
 
     def next_delay(self, state: RunPodState, now: float | None = None) -> float:
         """Seconds until the next poll after seeing ``state``."""
@@ -215,18 +219,22 @@ class PollSchedule:
         finish = self._predicted_finish(state, expected)
         margin = max(0.02 * expected.execution_s, 0.01)
         if finish is not None and finish + margin > now:
-            return finish + margin - now
-        # Past the prediction: poll briskly, a tenth of the expected run at a time.
-        return max(0.1 * expected.execution_s, 0.05)
+            return finish + margin + self.health_watch_s - now
+        # Past the prediction: poll briskly, a tenth of the expected run at a time (or, watched,
+        # once the next /health reads or two have had the chance to name it).
+        return max(0.1 * expected.execution_s, 0.05, 2 * self.health_watch_s)
 
     def delay_while_queued(self, now: float) -> float:
         """A job still in RunPod's queue: look once it has most likely run, from its estimated
-        start; never later than one execution time from now, nor sooner than a quarter second."""
+        start; never later than one execution time from now, nor sooner than a quarter second
+        (each later by ``health_watch_s`` when watched)."""
         expected = self.model.expected(self.key)
         ceiling = max(expected.execution_s, 0.25)
         if self.expected_start is not None and self.expected_start > now - ceiling:
-            return min(max(self._late_finish(self.expected_start, expected) - now, 0.25), 2 * ceiling)
-        return min(max(expected.queue_s, 0.25) * 1.6**self.queued_polls, ceiling)
+            delay = min(max(self._late_finish(self.expected_start, expected) - now, 0.25), 2 * ceiling)
+        else:
+            delay = min(max(expected.queue_s, 0.25) * 1.6**self.queued_polls, ceiling)
+        return delay + self.health_watch_s
 
     def _late_finish(self, start: float, expected: Averages) -> float:
         return start + expected.execution_quantile(self.finish_quantile)

@@ -369,6 +369,10 @@ class JobRunner:
             webhook=bool(self.settings.webhook_public_url),
             finish_quantile=self.settings.poll_finish_quantile,
             expected_start=run.expected_start,
+            # claiming.py reads /health with capacity admission and names finished jobs (polling)
+            health_watch_s=self.settings.capacity_poll_seconds
+            if self.settings.admission == "capacity"
+            else 0.0,
         )
 
     async def _settle(self, run: JobRun, state: RunPodState | None) -> None:
