@@ -52,6 +52,9 @@ class Dispatcher:
         self.model = LatencyModel()
         self.queue = QueueView()
         self.capacity: dict[str, EndpointCapacity] = {}  # per endpoint, from its last /health
+        # Jobs that /health says have finished though their run has not seen it yet: their
+        # workers are free, so they hold no admission slot (the run settles them shortly).
+        self.finished_unseen: set[UUID] = set()
         self.runner = JobRunner(
             settings,
             store,
@@ -138,12 +141,13 @@ class Dispatcher:
         while not self._stopping.is_set():
             self._wake.clear()
             admit = self._admitted()
-            free = min(self.settings.max_in_flight, admit) - len(self.active)
+            held = len(self.active) - len(self.finished_unseen & self.active.keys())
+            free = min(self.settings.max_in_flight, admit) - held
             per_user = self.settings.max_in_flight_per_user
             if free <= 0 and self.settings.admission == "capacity" and self.capacity:
                 # Full: only users with nothing in flight, one job each (admission.py).
                 workers = sum(c.workers + c.initializing for c in self.capacity.values())
-                free = newcomer_room(len(self.active), admit, workers, self.settings.max_in_flight)
+                free = newcomer_room(held, admit, workers, self.settings.max_in_flight)
                 per_user = 1
             # While every endpoint refuses our key, jobs stay queued (the prober wakes us).
             if free > 0 and not self.endpoints.all_paused:
@@ -213,6 +217,7 @@ class Dispatcher:
     async def _read_capacity(self) -> None:
         """Every usable endpoint's /health; the claim loop is woken when there is room for more."""
         before = self._admitted()
+        finished: set[UUID] = set()
         for endpoint in self.endpoints.endpoint_ids:
             if endpoint in self.endpoints.unauthorized:
                 continue
@@ -225,8 +230,9 @@ class Dispatcher:
             self.capacity[endpoint] = capacity
             self.queue.workers[endpoint] = capacity.workers
             if not self.settings.webhook_public_url:
-                # Polling: a job /health no longer counts has finished; look at it now rather
-                # than at its planned poll (the freed worker waits for the next submission).
+                # Polling: a job /health no longer counts has finished. Its worker is free, so
+                # the claim loop may submit the next job now, and the job is looked at now
+                # rather than at its planned poll.
                 seen = frozenset(
                     job_id
                     for job_id, run in self.active.items()
@@ -236,7 +242,10 @@ class Dispatcher:
                 for job_id in self.queue.finished_unseen(endpoint, at_runpod, asked_at, seen):
                     if (run := self.active.get(job_id)) is not None:
                         run.hint.set()
-        if self._admitted() > before:
+                        finished.add(job_id)
+        newly_free = bool(finished - self.finished_unseen)
+        self.finished_unseen = finished
+        if newly_free or self._admitted() > before:
             self._wake.set()
 
     async def _publish_capacity_forever(self) -> None:
