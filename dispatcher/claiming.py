@@ -236,10 +236,12 @@ class Dispatcher:
                 seen = frozenset(
                     job_id
                     for job_id, run in self.active.items()
-                    if run.seen_unfinished_at is not None and run.seen_unfinished_at > asked_at
+                    if run.unfinished_until is not None and run.unfinished_until > asked_at
                 )
                 at_runpod = capacity.in_queue + capacity.in_progress
-                for job_id in self.queue.finished_unseen(endpoint, at_runpod, asked_at, seen):
+                for job_id in self.queue.finished_unseen(
+                    endpoint, at_runpod, asked_at, expected_unfinished=seen
+                ):
                     if (run := self.active.get(job_id)) is not None:
                         run.hint.set()
                         finished.add(job_id)

@@ -133,12 +133,16 @@ class QueueView:
         return oldest
 
     def finished_unseen(
-        self, endpoint: str, at_runpod: int, asked_at: float, seen_since: frozenset[Any] = frozenset()
+        self,
+        endpoint: str,
+        at_runpod: int,
+        asked_at: float,
+        expected_unfinished: frozenset[Any] = frozenset(),
     ) -> list[Any]:
         """The jobs most likely finished without our knowing, from a /health asked at
         ``asked_at`` that counted ``at_runpod`` jobs queued or in progress (everyone's: at least
         ours). Of our jobs submitted before the question, that many more than it counts have
-        finished; ``seen_since`` were seen unfinished after it, so were among those counted.
+        finished; ``expected_unfinished`` were seen unfinished, and are expected to be still then.
         The likeliest of the others: those known to have started, longest first, then the
         waiting ones in submission order (one of them may have had its turn unnoticed)."""
         held = [
@@ -146,7 +150,9 @@ class QueueView:
             for j, w in self.jobs.get(endpoint, {}).items()
             if w.submitted_at < asked_at
         ]
-        candidates = sorted((item for item in held if item[2] not in seen_since), key=lambda item: item[:2])
+        candidates = sorted(
+            (item for item in held if item[2] not in expected_unfinished), key=lambda item: item[:2]
+        )
         unseen = len(held) - at_runpod
         return [j for _, _, j in candidates[: max(unseen, 0)]]
 

@@ -99,7 +99,9 @@ class JobRun:
     maybe_submitted: bool = False  # a submission whose RunPod id we never learnt may exist
     marked_running: bool = False
     progress: dict[str, int] | None = None  # the worker's last step report, as recorded
-    seen_unfinished_at: float | None = None  # monotonic: the last poll that found it queued or running
+    # monotonic: until when the last poll that found it queued or running expects it unfinished
+    # (its next look, less the /health watch's backstop): /health names others meanwhile
+    unfinished_until: float | None = None
 
     @classmethod
     def claimed(cls, job: ClaimedJob) -> JobRun:
@@ -310,7 +312,6 @@ class JobRunner:
                 run.polls += tally.requests  # every request sent, answered or not
             if state.finished:
                 return self._finished(run, state)
-            run.seen_unfinished_at = time.monotonic()
             if state.status == RunPodStatus.IN_PROGRESS:
                 self._started(run, state)
                 if not run.marked_running:
@@ -329,6 +330,7 @@ class JobRunner:
                 await self.cancel_on_runpod(run)
                 raise RunPodUnavailable("the job exceeded its time budget on RunPod and was cancelled")
             delay = schedule.next_delay(state)
+            run.unfinished_until = time.monotonic() + max(delay - schedule.health_watch_s, 0.0)
 
     def _started(self, run: JobRun, state: RunPodState) -> float | None:
         """When the worker took the job, from RunPod's delayTime; recorded in the QueueView."""

@@ -68,7 +68,10 @@ class DispatcherSettings(DatabaseSettings):
         "worker that frees while a finish is being noticed (learnt: about 1 with a webhook, more polling)",
     )
     capacity_poll_seconds: float = Field(
-        default=1.0, gt=0, description="how often each endpoint's /health is read for admission"
+        default=0.5,
+        gt=0,
+        description="how often each endpoint's /health is read: for admission, and (polling) to learn "
+        "which jobs have finished; also how much later the planned polls come then",
     )
     poll_finish_quantile: float = Field(
         default=0.6,

@@ -138,7 +138,7 @@ def test_a_finished_job_hands_its_worker_to_the_oldest_waiting_job() -> None:
     assert view.finished("ep", "d", at=4.0) is None
 
 
-def test_jobs_health_no_longer_counts_are_the_longest_started_ones_not_seen_since() -> None:
+def test_jobs_health_no_longer_counts_are_the_longest_started_ones_not_expected_unfinished() -> None:
     view = QueueView(workers={"ep": 2})
     view.submitted("ep", "a", at=0.0, idle_worker=True)
     view.submitted("ep", "b", at=0.5, idle_worker=True)
@@ -148,7 +148,9 @@ def test_jobs_health_no_longer_counts_are_the_longest_started_ones_not_seen_sinc
     assert view.finished_unseen("ep", at_runpod=2, asked_at=4.0) == ["a"]
     assert view.finished_unseen("ep", at_runpod=1, asked_at=4.0) == ["a", "b"]
     # a was seen running after the question: it was among those counted, so b is the one
-    assert view.finished_unseen("ep", at_runpod=2, asked_at=4.0, seen_since=frozenset({"a"})) == ["b"]
+    assert view.finished_unseen("ep", at_runpod=2, asked_at=4.0, expected_unfinished=frozenset({"a"})) == [
+        "b"
+    ]
     # other users' jobs at the endpoint make the count larger, never a job of ours look finished
     assert view.finished_unseen("ep", at_runpod=9, asked_at=4.0) == []
     assert view.finished_unseen("other", at_runpod=0, asked_at=4.0) == []
