@@ -100,7 +100,7 @@ class JobRun:
     marked_running: bool = False
     progress: dict[str, int] | None = None  # the worker's last step report, as recorded
     # monotonic: until when the last poll that found it queued or running expects it unfinished
-    # (its next look, less the /health watch's backstop): /health names others meanwhile
+    # (a running job's predicted finish; else that poll's time): /health names others meanwhile
     unfinished_until: float | None = None
 
     @classmethod
@@ -330,7 +330,12 @@ class JobRunner:
                 await self.cancel_on_runpod(run)
                 raise RunPodUnavailable("the job exceeded its time budget on RunPod and was cancelled")
             delay = schedule.next_delay(state)
-            run.unfinished_until = time.monotonic() + max(delay - schedule.health_watch_s, 0.0)
+            # Running with step progress: its finish is predicted, and the next look comes just
+            # after it. Otherwise (queued, no progress) it is known unfinished only now.
+            predicted = state.status == RunPodStatus.IN_PROGRESS and run.progress is not None
+            run.unfinished_until = time.monotonic() + (
+                max(delay - schedule.health_watch_s, 0.0) if predicted else 0.0
+            )
 
     def _started(self, run: JobRun, state: RunPodState) -> float | None:
         """When the worker took the job, from RunPod's delayTime; recorded in the QueueView."""
