@@ -78,6 +78,7 @@ class Outcome:
     stored_at: dict[int, float]
     runpod_ids: dict[int, str]
     newcomer_submitted: float | None = None
+    errors: list[str] = field(default_factory=list)  # the dispatcher's failed jobs' reasons
 
 
 async def run_peer(cloud: BenchCloud, system: str, scenario: Scenario) -> Outcome:
@@ -136,7 +137,7 @@ async def run_dispatcher(
             rows = await (
                 await conn.execute(
                     "select case when user_id = %s then -1 else position end, status, runpod_job_id,"
-                    " extract(epoch from finished_at)::float8 from image_jobs"
+                    " extract(epoch from finished_at)::float8, error from image_jobs"
                     " where status in ('succeeded', 'failed', 'cancelled')",
                     (OTHER_USER,),
                 )
@@ -150,6 +151,7 @@ async def run_dispatcher(
         {row[0]: row[3] for row in stored},
         {row[0]: row[2] for row in stored},
         newcomer_at,
+        [str(row[4]) for row in rows if row[1] != "succeeded"],
     )
 
 
@@ -187,6 +189,8 @@ def measure(cloud: BenchCloud, scenario: Scenario, outcome: Outcome) -> dict[str
         "detection_p50_s": round(detection, 3),
         "detection_max_s": round(max(delays, default=0.0), 3),
     }
+    if outcome.errors:
+        result["failed_because"] = outcome.errors
     if outcome.newcomer_submitted is not None:
         stored = outcome.stored_at.get(-1)
         result["newcomer_wait_s"] = None if stored is None else round(stored - outcome.newcomer_submitted, 2)
