@@ -146,8 +146,7 @@ class Dispatcher:
             per_user = self.settings.max_in_flight_per_user
             if free <= 0 and self.settings.admission == "capacity" and self.capacity:
                 # Full: only users with nothing in flight, one job each (admission.py).
-                workers = sum(c.workers + c.initializing for c in self.capacity.values())
-                free = newcomer_room(held, admit, workers, self.settings.max_in_flight)
+                free = newcomer_room(held, admit, self._workers(), self.settings.max_in_flight)
                 per_user = 1
             # While every endpoint refuses our key, jobs stay queued (the prober wakes us).
             if free > 0 and not self.endpoints.all_paused:
@@ -207,6 +206,10 @@ class Dispatcher:
             self.model.typical_execution_s(),
         )
 
+    def _workers(self) -> int:
+        """The workers the endpoints run or are starting, as their last /health said."""
+        return sum(c.workers + c.initializing for c in self.capacity.values())
+
     async def _watch_capacity_forever(self) -> None:
         if self.settings.admission != "capacity":
             return
@@ -257,9 +260,8 @@ class Dispatcher:
         Once the dispatcher stops, its row goes (by itself, before the loops are cancelled: a
         statement cut short by a cancellation is not one to leave behind)."""
         while not self._stopping.is_set():
-            workers = sum(c.workers + c.initializing for c in self.capacity.values())
             try:
-                await self.store.publish_capacity(workers, len(self.active))
+                await self.store.publish_capacity(self._workers(), len(self.active))
             except StoreUnavailable as exc:
                 self.log.info("capacity.not_published", error=str(exc))
             with contextlib.suppress(TimeoutError):

@@ -21,7 +21,6 @@ import hashlib
 import os
 import time
 import urllib.error
-import urllib.request
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from typing import Any
 import structlog
 
 from worker.errors import AdapterInvalid, AdapterUnavailable
+from worker.upload import SIGNED_URL_OPENER
 
 log = structlog.get_logger("worker.adapters")
 
@@ -56,14 +56,6 @@ class CachedAdapter:
     sha256: str
     weight: float
     download_ms: float  # 0 when the file was already in the cache
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *_args: object, **_kwargs: object) -> None:
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 class AdapterCache:
@@ -131,7 +123,7 @@ class AdapterCache:
         digest, size = hashlib.sha256(), 0
         try:
             with (
-                _OPENER.open(request.url, timeout=DOWNLOAD_TIMEOUT_S) as response,
+                SIGNED_URL_OPENER.open(request.url, timeout=DOWNLOAD_TIMEOUT_S) as response,
                 open(partial, "wb") as out,
             ):
                 while chunk := response.read(CHUNK_BYTES):

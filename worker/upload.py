@@ -29,13 +29,13 @@ Stored = Literal["uploaded", "exists"]
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A signed URL is the one place the bytes may go."""
+    """A signed URL is the one place the bytes may go, or come from (adapters.py downloads)."""
 
     def redirect_request(self, *_args: object, **_kwargs: object) -> None:
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects)
+SIGNED_URL_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 def upload(url: str, data: bytes, content_type: str) -> Stored:
@@ -43,7 +43,7 @@ def upload(url: str, data: bytes, content_type: str) -> Stored:
     for attempt in range(1, ATTEMPTS + 1):
         request = urllib.request.Request(url, data=data, method="PUT", headers={"Content-Type": content_type})
         try:
-            with _OPENER.open(request, timeout=CONNECT_AND_READ_TIMEOUT_S) as response:
+            with SIGNED_URL_OPENER.open(request, timeout=CONNECT_AND_READ_TIMEOUT_S) as response:
                 response.read()
             return "uploaded"
         except urllib.error.HTTPError as error:
