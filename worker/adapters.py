@@ -160,9 +160,12 @@ class AdapterCache:
 
 
 def _touch(path: Path) -> None:
-    """Mark the file used now (the cache evicts by modification time: atime is often off)."""
+    """Mark the file used now (the cache evicts by modification time: atime is often off).
+    The time is given, not left to the kernel: its file clock is coarse (milliseconds), so two
+    uses a moment apart could read as one and the eviction pick the wrong file."""
+    now = time.time_ns()
     with contextlib.suppress(FileNotFoundError):
-        os.utime(path)
+        os.utime(path, ns=(now, now))
 
 
 @dataclass(frozen=True)
