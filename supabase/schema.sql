@@ -1327,6 +1327,13 @@ CREATE INDEX image_jobs_queued_idx ON public.image_jobs USING btree (run_after) 
 
 
 --
+-- Name: image_jobs_queued_order_idx; Type: INDEX; Schema: public; Owner: postgres
+--
+
+CREATE INDEX image_jobs_queued_order_idx ON public.image_jobs USING btree (created_at, batch_id, "position") WHERE (status = 'queued'::text);
+
+
+--
 -- Name: image_jobs_recent_successes; Type: INDEX; Schema: public; Owner: postgres
 --
 

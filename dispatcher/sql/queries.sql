@@ -3,17 +3,19 @@
 
 -- name: claim
 -- Due queued jobs and in-flight jobs whose lease expired (their dispatcher died),
--- fairly across users: each user's oldest jobs first, round-robin, up to the
--- per-user cap counting what that user already has in flight.
+-- fairly across users, round-robin, up to the per-user cap counting what that user
+-- already has in flight. Each user's work in order: first what was already tried (a
+-- retry, a resume: begun work, and the tail of its batch), then the oldest batch, in
+-- prompt order (a batch's rows share one created_at).
 with due as (
-    select id, user_id, created_at, status
+    select id, user_id, created_at, status, attempts, batch_id, position
       from public.image_jobs
      where status = 'queued' and run_after <= now()
-     order by run_after
+     order by created_at, batch_id, position
      limit %(scan)s
        for update skip locked
 ), orphaned as (
-    select id, user_id, created_at, status
+    select id, user_id, created_at, status, attempts, batch_id, position
       from public.image_jobs
      where status in ('submitted', 'running') and lease_expires_at < now()
      order by lease_expires_at
@@ -32,12 +34,14 @@ with due as (
 ), chosen as (
     select c.id, c.status as previous_status
       from (select candidates.*,
-                   row_number() over (partition by coalesce(user_id, %(nobody)s::uuid) order by created_at)
-                     as rank
+                   row_number() over (
+                     partition by coalesce(user_id, %(nobody)s::uuid)
+                     order by attempts > 0 desc, created_at, batch_id, position
+                   ) as rank
               from candidates) c
       left join busy b on b.user_key = coalesce(c.user_id, %(nobody)s::uuid)
      where c.rank + coalesce(b.n, 0) <= %(per_user)s
-     order by c.rank + coalesce(b.n, 0), c.created_at
+     order by c.rank + coalesce(b.n, 0), c.attempts > 0 desc, c.created_at, c.batch_id, c.position
      limit %(limit)s
 ), claimed as (
     update public.image_jobs j

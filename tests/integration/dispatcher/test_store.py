@@ -10,7 +10,7 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from dispatcher.domain import ClaimedJob, StoreUnavailable, Success
+from dispatcher.domain import ClaimedJob, JobStatus, StoreUnavailable, Success
 from dispatcher.store import Coalescer, PostgresJobStore
 from kernel.db import connection_pool
 from tests.integration.dispatcher.conftest import events_of, insert_batch, jobs_of
@@ -124,3 +124,25 @@ async def test_a_bad_success_fails_alone_and_the_others_of_its_moment_are_stored
         if kind == "image"
     ]
     assert sorted(images) == [0, 2]
+
+
+async def test_each_users_jobs_are_claimed_in_prompt_order_and_a_retry_goes_first(database_url: str) -> None:
+    # Rows of one batch share a created_at, and an updated row moves in the heap: without an
+    # explicit order they come out in whatever order the table happens to hold them.
+    batch_id = await insert_batch(database_url, [f"scene {n}" for n in range(8)])
+    async with connection_pool(database_url) as pool:
+        store = PostgresJobStore(pool, "dispatcher-1", lease_s=30)
+
+        async def claim_one() -> ClaimedJob:
+            (job,) = await store.claim(1, per_user=8)
+            return job
+
+        first, second = await claim_one(), await claim_one()
+        outcome = await store.fail(
+            second, "a worker's failure", retryable=True, status_polls=1, backoff_base_s=0, backoff_max_s=0
+        )
+        order = [(await claim_one()).position for _ in range(7)]
+    assert (first.position, second.position, outcome) == (0, 1, JobStatus.QUEUED)
+    assert order == [1, 2, 3, 4, 5, 6, 7]
+    retried = next(job for job in await jobs_of(database_url, batch_id) if job["position"] == 1)
+    assert retried["attempts"] == 2
