@@ -12,10 +12,11 @@ waiting there, though, is a job a newcomer's request waits behind: a user asking
 while another has a hundred queued waits for one execution time plus ``queue_depth`` of them.
 The default depth keeps both: demand is always visible, and a worker that frees finds its next
 job already there rather than idling until the dispatcher notices the finish and submits
-another. So it covers the finishes that happen while one is being noticed: one job, plus one
-per worker finishing within the learnt detection delay (``queue_depth_for``). With a webhook a
-finish is known within milliseconds: one waiting job. Polling sees it later (bench/regimes.py
-measures how much), so more wait, the more so the more workers there are.
+another. So it covers the finishes that happen while the queue is being refilled: one job, plus
+one per worker finishing within the learnt refill time (noticing a finish, then a submission's
+round trip, ``queue_depth_for``). With a webhook and a calm API that is milliseconds: one
+waiting job. Polling notices later, and a throttled API (429s) submits later (bench/regimes.py
+measures both), so more wait, the more so the more workers there are.
 
 One exception keeps a newcomer from waiting for a slot to free at all: a user with nothing in
 flight has their first job submitted even when the endpoints are full (``newcomer_room``), up
@@ -68,10 +69,10 @@ class EndpointCapacity:
         return self.running + self.idle
 
 
-def queue_depth_for(workers: int, detection_s: float, execution_s: float) -> int:
+def queue_depth_for(workers: int, refill_s: float, execution_s: float) -> int:
     """Jobs to keep waiting at an endpoint: one, and one more for each worker expected to free
-    while a finish is being noticed (``workers`` finish every ``execution_s``, spread out)."""
-    return min(1 + round(workers * detection_s / max(execution_s, 0.05)), max(workers, 1))
+    while the queue is refilled (``workers`` finish every ``execution_s``, spread out)."""
+    return min(1 + round(workers * refill_s / max(execution_s, 0.05)), max(workers, 1))
 
 
 def newcomer_room(held: int, admitted: int, workers: int, max_in_flight: int) -> int:
@@ -84,15 +85,15 @@ def newcomer_room(held: int, admitted: int, workers: int, max_in_flight: int) ->
 def admitted(
     capacities: list[EndpointCapacity],
     queue_depth: int | None,
-    detection_s: float = 0.0,
+    refill_s: float = 0.0,
     execution_s: float = 1.0,
 ) -> int:
     """How many jobs to keep submitted over these endpoints: a job for every worker that can
     take one soon (running, idle, initializing) and a queue per endpoint (``queue_depth``, or
-    by default what covers the detection delay)."""
+    by default what covers the refill time)."""
     return sum(
         c.workers
         + c.initializing
-        + (queue_depth if queue_depth is not None else queue_depth_for(c.workers, detection_s, execution_s))
+        + (queue_depth if queue_depth is not None else queue_depth_for(c.workers, refill_s, execution_s))
         for c in capacities
     )

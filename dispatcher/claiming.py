@@ -202,7 +202,7 @@ class Dispatcher:
         return admitted(
             usable,
             self.settings.admission_queue_depth,
-            self.model.detection_s,
+            self.model.refill_s,
             self.model.typical_execution_s(),
         )
 

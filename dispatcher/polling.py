@@ -56,8 +56,10 @@ class LatencyModel:
     weight: float = 0.2
     averages: dict[Key, Averages] = field(default_factory=dict)
     # From a job's finish at RunPod to the dispatcher knowing it (a poll's lateness, a webhook's
-    # transit): how long a freed worker may wait for its next job if none is queued for it.
+    # transit), and a submission's round trip (429 waits and retries included): together, how
+    # long a freed worker waits for a next job if none is queued for it (``refill_s``).
     detection_s: float = 0.25
+    submit_s: float = 0.05
 
     def expected(self, key: Key) -> Averages:
         return self.averages.get(key) or Averages(self.default_queue_s, self.default_execution_s)
@@ -68,8 +70,15 @@ class LatencyModel:
             return self.default_execution_s
         return sum(a.execution_s for a in self.averages.values()) / len(self.averages)
 
+    @property
+    def refill_s(self) -> float:
+        return self.detection_s + self.submit_s
+
     def learn_detection(self, seconds: float) -> None:
         self.detection_s = (1 - self.weight) * self.detection_s + self.weight * max(seconds, 0.0)
+
+    def learn_submit(self, seconds: float) -> None:
+        self.submit_s = (1 - self.weight) * self.submit_s + self.weight * max(seconds, 0.0)
 
     def learn(self, key: Key, state: RunPodState) -> None:
         if state.status != RunPodStatus.COMPLETED or state.execution_ms is None:

@@ -208,9 +208,11 @@ class JobRunner:
                 job.id,
                 run.submission,
             )
+        asked_at = time.monotonic()
         endpoint, runpod_job_id = await self._submit_anywhere(payload, run)
         if runpod_job_id is None:
             return
+        self.model.learn_submit(time.monotonic() - asked_at)
         self.endpoints.succeeded(endpoint)
         run.endpoint_id, run.runpod_job_id, run.submitted_at = endpoint, runpod_job_id, time.monotonic()
         idle = self.queue.idle_workers(endpoint) > 0
@@ -350,11 +352,10 @@ class JobRunner:
         self.model.learn(run.job.size_key, state)
         started = self._started(run, state)
         if run.endpoint_id is not None:
-            ended = (
-                time.monotonic()
-                if started is None or state.execution_ms is None
-                else started + state.execution_ms / 1000
-            )
+            ended = now = time.monotonic()
+            if started is not None and state.execution_ms is not None:
+                ended = started + state.execution_ms / 1000
+                self.model.learn_detection(now - ended)  # admission's queue depth covers it
             successor = self.queue.finished(run.endpoint_id, run.job.id, ended)
             if successor is not None:
                 self.started_elsewhere(successor, ended)
@@ -395,7 +396,8 @@ class JobRunner:
                 if self.settings.image_delivery == "upload":
                     with contextlib.suppress(StorageError):
                         await self.storage.remove(job.upload_path)
-                await self._fail(run, failure.message, failure.retryable)
+                # The run's fault, not the services': another worker takes it at once.
+                await self._fail(run, failure.message, failure.retryable, backoff=False)
                 return
             if state.status != RunPodStatus.COMPLETED:
                 raise RunPodUnavailable(f"RunPod ended the job {state.status}")
@@ -497,13 +499,16 @@ class JobRunner:
             await self.storage.upload(path, data, content_type)
         return True
 
-    async def _fail(self, run: JobRun, message: str, retryable: bool) -> None:
+    async def _fail(self, run: JobRun, message: str, retryable: bool, backoff: bool = True) -> None:
+        """Record a failed attempt: retried (after a backoff, unless ``backoff`` is False: a
+        worker's failure says nothing about the services' load) or failed for good."""
+        base_s = self.settings.backoff_base_seconds if backoff else 0.0
         outcome = await self.store.fail(
             run.job,
             message,
             retryable=retryable,
             status_polls=run.polls,
-            backoff_base_s=self.settings.backoff_base_seconds,
+            backoff_base_s=base_s,
             backoff_max_s=self.settings.backoff_max_seconds,
         )
         if outcome is not None:
@@ -512,9 +517,7 @@ class JobRunner:
         if outcome == JobStatus.QUEUED:
             # It is due after a jittered backoff (half to all of base x 2^(attempt-1), capped: see
             # dispatcher_fail_job); nothing announces that moment, so look then, not at the sweep.
-            full = min(
-                self.settings.backoff_base_seconds * 2 ** (run.attempt - 1), self.settings.backoff_max_seconds
-            )
+            full = min(base_s * 2 ** (run.attempt - 1), self.settings.backoff_max_seconds)
             loop = asyncio.get_running_loop()
             for delay in (0.5 * full + 0.05, full + 0.05):
                 loop.call_later(delay, self.wake)

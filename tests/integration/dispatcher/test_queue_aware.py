@@ -45,6 +45,23 @@ async def test_only_the_workers_and_a_small_queue_are_submitted_the_rest_waits_i
     assert cloud.platform.counters.submits == 12
 
 
+
+async def test_the_default_queue_depth_grows_with_the_refill_time_it_learns(
+    database_url: str, cloud: Cloud, dispatcher: DispatcherFactory
+) -> None:
+    # Every RunPod call takes 0.3 s: a finish is noticed late and a submission comes back late,
+    # so a freed worker would idle unless more jobs wait at RunPod than the one of a calm API.
+    cloud.add_workers(count=3, seconds="0.5")
+    cloud.platform.faults.update({"latency_s": 0.3})
+    async with dispatcher(capacity_poll_seconds=0.2) as service:
+        batch = await insert_batch(database_url, [f"slow API {n}" for n in range(12)])
+        assert (await wait_for_batch(database_url, batch, timeout_s=60))["failed"] == 0
+        model = service.dispatcher.model
+        assert model.submit_s > 0.15, "learnt from the submissions' round trips"
+        assert model.detection_s > 0.15, "learnt from how late finishes were noticed"
+        assert service.dispatcher._admitted() >= 3 + 2
+
+
 async def test_a_newcomer_waits_behind_the_queue_depth_not_behind_the_other_users_backlog(
     database_url: str, cloud: Cloud, dispatcher: DispatcherFactory
 ) -> None:

@@ -25,14 +25,14 @@ def test_one_job_per_worker_that_can_take_one_and_the_queue_depth_per_endpoint()
 
 
 def test_the_default_depth_covers_the_workers_that_free_while_a_finish_is_being_noticed() -> None:
-    assert queue_depth_for(workers=3, detection_s=0.02, execution_s=2.0) == 1  # a webhook
-    assert queue_depth_for(workers=3, detection_s=0.6, execution_s=2.0) == 2  # polling
-    assert queue_depth_for(workers=8, detection_s=0.8, execution_s=2.0) == 4
-    assert queue_depth_for(workers=2, detection_s=30.0, execution_s=1.0) == 2, "never more than workers"
-    assert queue_depth_for(workers=0, detection_s=0.5, execution_s=2.0) == 1, "scaled to zero: wake it"
+    assert queue_depth_for(workers=3, refill_s=0.02, execution_s=2.0) == 1  # a webhook
+    assert queue_depth_for(workers=3, refill_s=0.6, execution_s=2.0) == 2  # polling
+    assert queue_depth_for(workers=8, refill_s=0.8, execution_s=2.0) == 4
+    assert queue_depth_for(workers=2, refill_s=30.0, execution_s=1.0) == 2, "never more than workers"
+    assert queue_depth_for(workers=0, refill_s=0.5, execution_s=2.0) == 1, "scaled to zero: wake it"
     capacity = [EndpointCapacity(running=8)]
-    assert admitted(capacity, None, detection_s=0.8, execution_s=2.0) == 8 + 4
-    assert admitted(capacity, 0, detection_s=0.8, execution_s=2.0) == 8, "an explicit depth wins"
+    assert admitted(capacity, None, refill_s=0.8, execution_s=2.0) == 8 + 4
+    assert admitted(capacity, 0, refill_s=0.8, execution_s=2.0) == 8, "an explicit depth wins"
 
 
 def test_an_endpoint_scaled_to_zero_still_gets_its_queue_depth_so_the_autoscaler_wakes_it() -> None:
