@@ -45,7 +45,6 @@ async def test_only_the_workers_and_a_small_queue_are_submitted_the_rest_waits_i
     assert cloud.platform.counters.submits == 12
 
 
-
 async def test_the_default_queue_depth_grows_with_the_refill_time_it_learns(
     database_url: str, cloud: Cloud, dispatcher: DispatcherFactory
 ) -> None:
