@@ -325,8 +325,13 @@ class Platform:
                     return []
                 head = self.jobs.get(queue[0]) if queue else None
                 wake_at = min(deadline, head.not_before if head else deadline)
+                # asyncio.timeout, not wait_for: on 3.11 a worker cancelled while wait_for was
+                # cancelling the inner wait() left the lock released under `async with`
+                # (RuntimeError: Lock is not acquired; CPython bpo-42600). In this task, wait()
+                # takes the lock back before any exception leaves it.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._work_available.wait(), max(wake_at - now, 0.001))
+                    async with asyncio.timeout(max(wake_at - now, 0.001)):
+                        await self._work_available.wait()
         return []
 
     async def stop_signals(self, worker_id: str, timeout_s: float) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,11 @@ class Cloud:
         workers.start()
         self.workers.append(workers)
 
+    async def stop_workers(self) -> None:
+        async with AsyncExitStack() as stopping:
+            for workers in self.workers:
+                stopping.push_async_callback(workers.stop)
+
 
 @pytest.fixture
 async def cloud(tmp_path: Path) -> AsyncIterator[Cloud]:
@@ -71,12 +76,14 @@ async def cloud(tmp_path: Path) -> AsyncIterator[Cloud]:
     await runpod_server.start()
     await storage_server.start()
     stack = Cloud(platform, runpod_server, storage, storage_server, keys, [])
-    yield stack
-    for workers in stack.workers:
-        await workers.stop()
-    await platform.close()
-    await runpod_server.stop()
-    await storage_server.stop()
+    # Every step of the teardown runs, whatever an earlier one raised: a server left listening
+    # fails a later test with an unclosed socket of this one's.
+    async with AsyncExitStack() as teardown:
+        teardown.push_async_callback(storage_server.stop)
+        teardown.push_async_callback(runpod_server.stop)
+        teardown.push_async_callback(platform.close)
+        teardown.push_async_callback(stack.stop_workers)  # the test added them: stopped first
+        yield stack
 
 
 def settings_for(database_url: str, cloud: Cloud, **overrides: Any) -> DispatcherSettings:
