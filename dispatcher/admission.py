@@ -23,6 +23,13 @@ flight has their first job submitted even when the endpoints are full (``newcome
 to one such extra per worker. It joins RunPod's queue behind only the few jobs admission keeps
 there, so a user asking for one image while another has a hundred queued waits about one
 execution (plus the queue's) rather than for one of the hundred to finish and be noticed first.
+
+Replicas share the endpoints: each publishes the jobs it holds as often as it reads /health
+(``image_dispatchers``) and admits what the capacity leaves beyond the others' (claiming.py), so
+two replicas keep one queue's depth at RunPod, not two. What a replica learns of the others is
+up to a /health interval old: replicas that start together, or one whose share grows, may briefly
+hold more between them, and a replica killed outright keeps its share for the 30 s its row is
+believed (its jobs are still at RunPod meanwhile, unless RunPod lost them too).
 """
 
 from __future__ import annotations

@@ -52,6 +52,8 @@ class Dispatcher:
         self.model = LatencyModel()
         self.queue = QueueView()
         self.capacity: dict[str, EndpointCapacity] = {}  # per endpoint, from its last /health
+        self.peers_held = 0  # jobs the other live replicas hold, as they last published
+        self._held_peak = 0  # the most held since our last publication (what we publish)
         # Jobs that /health says have finished though their run has not seen it yet: their
         # workers are free, so they hold no admission slot (the run settles them shortly).
         self.finished_unseen: set[UUID] = set()
@@ -137,7 +139,9 @@ class Dispatcher:
 
     async def _claim_forever(self) -> None:
         if self.settings.admission == "capacity":
-            await self._read_capacity()  # before the first claim: how many to admit
+            # Before the first claim: how many to admit, and how many the other replicas hold.
+            await self._read_capacity()
+            await self._publish_capacity()
         while not self._stopping.is_set():
             self._wake.clear()
             admit = self._admitted()
@@ -163,6 +167,7 @@ class Dispatcher:
     def _start(self, job: ClaimedJob) -> None:
         run = JobRun.claimed(job)
         self.active[job.id] = run
+        self._held_peak = max(self._held_peak, len(self.active))
         JOBS_IN_FLIGHT.inc()
         self._tasks[job.id] = asyncio.create_task(self._run_job(run), name=f"job-{job.id}")
 
@@ -190,8 +195,9 @@ class Dispatcher:
                     run.hint.set()
 
     def _admitted(self) -> int:
-        """How many jobs to hold now: by the endpoints' live capacity (admission.py), or, with
-        ADMISSION=fixed or while no endpoint's /health has answered, MAX_IN_FLIGHT."""
+        """How many jobs to hold now: by the endpoints' live capacity (admission.py), less what
+        the other replicas hold (negative when they hold more), or, with ADMISSION=fixed or while
+        no endpoint's /health has answered, MAX_IN_FLIGHT."""
         usable = [
             capacity
             for endpoint, capacity in self.capacity.items()
@@ -199,12 +205,13 @@ class Dispatcher:
         ]
         if self.settings.admission == "fixed" or not usable:
             return self.settings.max_in_flight
-        return admitted(
+        capacity = admitted(
             usable,
             self.settings.admission_queue_depth,
             self.model.refill_s,
             self.model.typical_execution_s(),
         )
+        return capacity - self.peers_held
 
     def _workers(self) -> int:
         """The workers the endpoints run or are starting, as their last /health said."""
@@ -254,20 +261,39 @@ class Dispatcher:
             self._wake.set()
 
     async def _publish_capacity_forever(self) -> None:
-        """Every few seconds, the workers this dispatcher's endpoints run and the jobs it holds:
-        what batch-status estimates start and finish times from (with the recorded execution
-        times). Workers are known once /health has been read (ADMISSION=capacity); 0 otherwise.
+        """Every few seconds (every CAPACITY_POLL_SECONDS with capacity admission), the workers
+        this dispatcher's endpoints run and the jobs it holds: what batch-status estimates start
+        and finish times from (with the recorded execution times). Workers are known once
+        /health has been read (ADMISSION=capacity); 0 otherwise.
+        In return, what the other replicas hold: admission shares the endpoints with them.
         Once the dispatcher stops, its row goes (by itself, before the loops are cancelled: a
         statement cut short by a cancellation is not one to leave behind)."""
+        # With capacity admission, as often as /health is read: the replicas' shares stay as
+        # fresh as the capacity they divide (one small upsert per replica each time).
+        every_s = PUBLISH_CAPACITY_SECONDS
+        if self.settings.admission == "capacity":
+            every_s = min(every_s, self.settings.capacity_poll_seconds)
         while not self._stopping.is_set():
-            try:
-                await self.store.publish_capacity(self._workers(), len(self.active))
-            except StoreUnavailable as exc:
-                self.log.info("capacity.not_published", error=str(exc))
+            await self._publish_capacity()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), PUBLISH_CAPACITY_SECONDS)
+                await asyncio.wait_for(self._stopping.wait(), every_s)
         with contextlib.suppress(StoreUnavailable):
             await self.store.forget_capacity()
+
+    async def _publish_capacity(self) -> None:
+        """Publish ours and learn what the other replicas hold; the claim loop is woken when
+        that leaves room for more. We publish the most we held since the last time: the moment
+        between a job finishing and its slot's refill is not a share given up, and a replica
+        reading it then would take that slot too."""
+        before, held = self._admitted(), max(self._held_peak, len(self.active))
+        self._held_peak = len(self.active)
+        try:
+            self.peers_held = await self.store.publish_capacity(self._workers(), held)
+        except StoreUnavailable as exc:
+            self.log.info("capacity.not_published", error=str(exc))
+            return
+        if self._admitted() > before:
+            self._wake.set()
 
     async def _probe_paused_endpoints_forever(self) -> None:
         """An endpoint that refused our key is asked again now and then; it resumes once it

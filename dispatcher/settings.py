@@ -71,7 +71,8 @@ class DispatcherSettings(DatabaseSettings):
         default=0.5,
         gt=0,
         description="how often each endpoint's /health is read: for admission, and (polling) to learn "
-        "which jobs have finished; also how much later the planned polls come then",
+        "which jobs have finished; also how much later the planned polls come then, and how often "
+        "replicas publish the jobs they hold (they share the capacity)",
     )
     poll_finish_quantile: float = Field(
         default=0.6,

@@ -179,12 +179,17 @@ class PostgresJobStore:
     async def release_leases(self, job_ids: list[UUID]) -> set[UUID]:
         return await self._ids("release_leases", job_ids)
 
-    async def publish_capacity(self, workers: int, in_flight: int) -> None:
-        """What this dispatcher sees, for batch-status's estimates."""
+    async def publish_capacity(self, workers: int, in_flight: int) -> int:
+        """What this dispatcher sees, for batch-status's estimates; returns the jobs the other
+        live dispatchers hold."""
         async with self._connection() as conn:
-            await conn.execute(
-                QUERIES["publish_capacity"], {"owner": self.owner, "workers": workers, "in_flight": in_flight}
-            )
+            row = await (
+                await conn.execute(
+                    QUERIES["publish_capacity"],
+                    {"owner": self.owner, "workers": workers, "in_flight": in_flight},
+                )
+            ).fetchone()
+        return int(row[0]) if row is not None else 0
 
     async def record_progress(self, job_id: UUID, progress: dict[str, int]) -> None:
         """The worker's step progress on a running job (only while the job is ours)."""

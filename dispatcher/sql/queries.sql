@@ -249,10 +249,16 @@ update public.image_webhook_deliveries
 returning status;
 
 -- name: publish_capacity
-insert into public.image_dispatchers (dispatcher_id, workers, in_flight, updated_at)
-values (%(owner)s, %(workers)s, %(in_flight)s, now())
-on conflict (dispatcher_id) do update
-   set workers = excluded.workers, in_flight = excluded.in_flight, updated_at = excluded.updated_at;
+-- Ours, and what the other live replicas hold (the jobs they keep at RunPod: admission shares
+-- the endpoints' capacity with them). A row not refreshed for 30 s is a dispatcher gone.
+with published as (
+  insert into public.image_dispatchers (dispatcher_id, workers, in_flight, updated_at)
+  values (%(owner)s, %(workers)s, %(in_flight)s, now())
+  on conflict (dispatcher_id) do update
+     set workers = excluded.workers, in_flight = excluded.in_flight, updated_at = excluded.updated_at
+)
+select coalesce(sum(in_flight), 0)::integer from public.image_dispatchers
+ where dispatcher_id <> %(owner)s and updated_at > now() - interval '30 seconds';
 
 -- name: forget_capacity
 delete from public.image_dispatchers where dispatcher_id = %(owner)s;

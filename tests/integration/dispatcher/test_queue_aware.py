@@ -166,3 +166,35 @@ async def _submitted(database_url: str, user: str, n: int, exactly: bool = False
         ).fetchone()
     count = row[0] if row else 0
     return bool(count == n if exactly else count >= n)
+
+
+async def test_replicas_share_the_endpoints_capacity_rather_than_each_filling_it(
+    database_url: str, cloud: Cloud, dispatcher: DispatcherFactory
+) -> None:
+    cloud.add_workers(count=2, seconds="0.3")
+    settings = {"admission_queue_depth": 1, "capacity_poll_seconds": 0.2, "max_in_flight_per_user": 64}
+    seen_at_runpod: list[int] = []
+    async with dispatcher(dispatcher_id="one", **settings):
+        batch = await insert_batch(database_url, [f"shared {n}" for n in range(24)])
+        await wait_until(lambda: _published_in_flight(database_url, "one", 3))
+        async with dispatcher(dispatcher_id="two", **settings):
+            waiting = asyncio.create_task(wait_for_batch(database_url, batch))
+            while not waiting.done():
+                jobs = cloud.platform.health(ENDPOINTS[0])["jobs"]
+                seen_at_runpod.append(jobs["inQueue"] + jobs["inProgress"])
+                await asyncio.sleep(0.02)
+            assert (await waiting)["failed"] == 0
+    # The second replica sees the first hold the two workers and the one waiting place, and
+    # adds none of its own: without sharing, it would have submitted three more.
+    assert max(seen_at_runpod) <= 2 + 1
+    assert cloud.platform.counters.submits == 24
+
+
+async def _published_in_flight(database_url: str, dispatcher_id: str, n: int) -> bool:
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        row = await (
+            await conn.execute(
+                "select in_flight from image_dispatchers where dispatcher_id = %s", (dispatcher_id,)
+            )
+        ).fetchone()
+    return row is not None and row[0] >= n
