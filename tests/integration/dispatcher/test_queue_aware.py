@@ -64,9 +64,12 @@ async def test_the_default_queue_depth_grows_with_the_refill_time_it_learns(
 async def test_a_newcomer_waits_behind_the_queue_depth_not_behind_the_other_users_backlog(
     database_url: str, cloud: Cloud, dispatcher: DispatcherFactory
 ) -> None:
-    cloud.add_workers(count=3, seconds="0.3")
+    # A worker frees every 0.33 s: far more than B's claim and submission take, so what B waits
+    # behind is counted in jobs, not in how busy the machine was (at 0.3 s per job, a start
+    # every 0.1 s, a slow claim alone let one more of A's start first).
+    cloud.add_workers(count=3, seconds="1.0")
     async with dispatcher(admission_queue_depth=1, capacity_poll_seconds=0.2, max_in_flight_per_user=64):
-        backlog = await insert_batch(database_url, [f"A's scene {n}" for n in range(30)], user_id=USER_A)
+        backlog = await insert_batch(database_url, [f"A's scene {n}" for n in range(15)], user_id=USER_A)
         await asyncio.sleep(0.5)
         newcomer = await insert_batch(database_url, ["B's one scene"], user_id=USER_B)
         await wait_for_batch(database_url, newcomer)
