@@ -5,6 +5,7 @@ what order users get workers, that every row passes through `running`, and that
 from __future__ import annotations
 
 import asyncio
+from uuid import UUID
 
 import psycopg
 
@@ -28,15 +29,9 @@ async def test_only_the_workers_and_a_small_queue_are_submitted_the_rest_waits_i
     database_url: str, cloud: Cloud, dispatcher: DispatcherFactory
 ) -> None:
     cloud.add_workers(count=2, seconds="0.2")
-    seen_at_runpod: list[int] = []
     async with dispatcher(admission_queue_depth=1, capacity_poll_seconds=0.2):
         batch = await insert_batch(database_url, [f"admitted {n}" for n in range(12)])
-        waiting = asyncio.create_task(wait_for_batch(database_url, batch))
-        while not waiting.done():
-            jobs = cloud.platform.health(ENDPOINTS[0])["jobs"]
-            seen_at_runpod.append(jobs["inQueue"] + jobs["inProgress"])
-            await asyncio.sleep(0.02)
-        assert (await waiting)["failed"] == 0
+        seen_at_runpod = await _at_runpod_until_done(database_url, cloud, batch)
     # Two running and one waiting, never more: a job is submitted only once another is seen
     # finished. (inQueue alone can read 2 for the moment between a submit and a free worker's
     # next take.) With everything submitted at once it would have been 12.
@@ -176,17 +171,11 @@ async def test_replicas_share_the_endpoints_capacity_rather_than_each_filling_it
 ) -> None:
     cloud.add_workers(count=2, seconds="0.3")
     settings = {"admission_queue_depth": 1, "capacity_poll_seconds": 0.2, "max_in_flight_per_user": 64}
-    seen_at_runpod: list[int] = []
     async with dispatcher(dispatcher_id="one", **settings):
         batch = await insert_batch(database_url, [f"shared {n}" for n in range(24)])
         await wait_until(lambda: _published_in_flight(database_url, "one", 3))
         async with dispatcher(dispatcher_id="two", **settings):
-            waiting = asyncio.create_task(wait_for_batch(database_url, batch))
-            while not waiting.done():
-                jobs = cloud.platform.health(ENDPOINTS[0])["jobs"]
-                seen_at_runpod.append(jobs["inQueue"] + jobs["inProgress"])
-                await asyncio.sleep(0.02)
-            assert (await waiting)["failed"] == 0
+            seen_at_runpod = await _at_runpod_until_done(database_url, cloud, batch)
     # The second replica sees the first hold the two workers and the one waiting place, and
     # adds none of its own: without sharing, it would have submitted three more.
     assert max(seen_at_runpod) <= 2 + 1
@@ -201,3 +190,16 @@ async def _published_in_flight(database_url: str, dispatcher_id: str, n: int) ->
             )
         ).fetchone()
     return row is not None and row[0] >= n
+
+
+async def _at_runpod_until_done(database_url: str, cloud: Cloud, batch: UUID) -> list[int]:
+    """RunPod's jobs queued or in progress, sampled every 20 ms until ``batch`` completes
+    (with nothing failed)."""
+    seen: list[int] = []
+    waiting = asyncio.create_task(wait_for_batch(database_url, batch))
+    while not waiting.done():
+        jobs = cloud.platform.health(ENDPOINTS[0])["jobs"]
+        seen.append(jobs["inQueue"] + jobs["inProgress"])
+        await asyncio.sleep(0.02)
+    assert (await waiting)["failed"] == 0
+    return seen
