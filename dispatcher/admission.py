@@ -14,9 +14,10 @@ The default depth keeps both: demand is always visible, and a worker that frees 
 job already there rather than idling until the dispatcher notices the finish and submits
 another. So it covers the finishes that happen while the queue is being refilled: one job, plus
 one per worker finishing within the learnt refill time (noticing a finish, then a submission's
-round trip, ``queue_depth_for``). With a webhook and a calm API that is milliseconds: one
-waiting job. Polling notices later, and a throttled API (429s) submits later (bench/regimes.py
-measures both), so more wait, the more so the more workers there are.
+round trip: the slowest recent one, ``LatencyModel.submit_s``; ``queue_depth_for``). With a
+webhook and a calm API that is milliseconds: one waiting job. Polling notices later, and a
+throttled API (429s) submits later (bench/regimes.py measures both), so more wait, the more
+so the more workers there are.
 
 One exception keeps a newcomer from waiting for a slot to free at all: a user with nothing in
 flight has their first job submitted even when the endpoints are full (``newcomer_room``), up

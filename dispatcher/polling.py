@@ -59,7 +59,8 @@ class LatencyModel:
     # transit), and a submission's round trip (429 waits and retries included): together, how
     # long a freed worker waits for a next job if none is queued for it (``refill_s``).
     detection_s: float = 0.25
-    submit_s: float = 0.05
+    default_submit_s: float = 0.05
+    recent_submits: deque[float] = field(default_factory=lambda: deque(maxlen=16))
 
     def expected(self, key: Key) -> Averages:
         return self.averages.get(key) or Averages(self.default_queue_s, self.default_execution_s)
@@ -71,6 +72,14 @@ class LatencyModel:
         return sum(a.execution_s for a in self.averages.values()) / len(self.averages)
 
     @property
+    def submit_s(self) -> float:
+        """The slowest of the recent submissions' round trips. Not their average: a 429 holds
+        every submission for its Retry-After, and a worker that frees meanwhile idles for all
+        of it unless the queue at RunPod covers it; one job waiting there too many costs a
+        newcomer a fraction of an execution, while a throttled API calls for the deeper queue."""
+        return max(self.recent_submits, default=self.default_submit_s)
+
+    @property
     def refill_s(self) -> float:
         return self.detection_s + self.submit_s
 
@@ -78,7 +87,7 @@ class LatencyModel:
         self.detection_s = (1 - self.weight) * self.detection_s + self.weight * max(seconds, 0.0)
 
     def learn_submit(self, seconds: float) -> None:
-        self.submit_s = (1 - self.weight) * self.submit_s + self.weight * max(seconds, 0.0)
+        self.recent_submits.append(max(seconds, 0.0))
 
     def learn(self, key: Key, state: RunPodState) -> None:
         if state.status != RunPodStatus.COMPLETED or state.execution_ms is None:

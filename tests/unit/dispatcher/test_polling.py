@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dispatcher.admission import queue_depth_for
 from dispatcher.domain import RunPodState, RunPodStatus
 from dispatcher.polling import FixedSchedule, LatencyModel, PollSchedule, QueueView, queued_start
 
@@ -30,6 +31,20 @@ def test_after_learning_the_first_look_comes_when_the_job_has_most_likely_finish
     # fewer than four executions seen: their average stands for the late quantile
     assert PollSchedule(model, KEY, submitted_at=0.0).first_delay(now=0.0) == pytest.approx(0.3 + 3.0)
     assert model.expected(("high", 1024, 1024)).samples == 0, "each size learns on its own"
+
+
+def test_the_refill_time_counts_the_slowest_recent_submission_until_it_ages_out() -> None:
+    # One submission held by a 429's Retry-After: a worker freeing meanwhile would idle for it,
+    # so the queue at RunPod must cover it; the average of 0.02 s round trips would not.
+    model = LatencyModel(detection_s=0.01)
+    for seconds in [0.02] * 5 + [1.0] + [0.02] * 5:
+        model.learn_submit(seconds)
+    assert model.refill_s == pytest.approx(1.01)
+    assert queue_depth_for(workers=3, refill_s=model.refill_s, execution_s=2.0) == 3
+    for _ in range(model.recent_submits.maxlen or 0):
+        model.learn_submit(0.02)
+    assert model.refill_s == pytest.approx(0.03), "a calm API again: one job waiting"
+    assert queue_depth_for(workers=3, refill_s=model.refill_s, execution_s=2.0) == 1
 
 
 def test_failures_teach_nothing() -> None:

@@ -20,7 +20,7 @@ from dispatcher.domain import (
     RunPodUnauthorized,
     RunPodUnavailable,
 )
-from dispatcher.runpod import RetryPolicy, RunPodClient
+from dispatcher.runpod import RetryPolicy, RunPodClient, backoff_s
 
 POLICY = RetryPolicy(attempts=3, initial_wait_s=0.001, max_wait_s=0.002, max_retry_after_s=0.01)
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -138,3 +138,21 @@ async def test_every_error_status_is_a_runpod_error_with_a_message(status: int) 
         await runpod.client.cancel("endpoint", "rp-1")
     assert str(status) in str(raised.value)
     assert isinstance(raised.value, RunPodUnavailable) == (status >= 500 or status == 429)
+
+
+@given(
+    failed=st.integers(min_value=1, max_value=40),
+    initial=st.floats(min_value=0.001, max_value=5),
+    cap=st.floats(min_value=0.001, max_value=60),
+)
+def test_a_retry_waits_half_to_all_of_the_doubled_wait_so_the_jitter_scales_with_it(
+    failed: int, initial: float, cap: float
+) -> None:
+    policy = RetryPolicy(initial_wait_s=initial, max_wait_s=cap)
+    full = min(initial * 2 ** (failed - 1), cap)
+    assert full / 2 <= backoff_s(failed, policy) <= full
+
+
+def test_the_first_retry_of_the_default_policy_waits_a_fifth_of_a_second_at_most() -> None:
+    # A submission held back is a GPU worker idle: no whole second of jitter on a short wait.
+    assert max(backoff_s(1, RetryPolicy()) for _ in range(1000)) <= 0.2
