@@ -270,13 +270,17 @@ class Dispatcher:
         statement cut short by a cancellation is not one to leave behind)."""
         # With capacity admission, as often as /health is read: the replicas' shares stay as
         # fresh as the capacity they divide (one small upsert per replica each time).
-        every_s = PUBLISH_CAPACITY_SECONDS
+        every_s, wait_s = PUBLISH_CAPACITY_SECONDS, 0.0
         if self.settings.admission == "capacity":
-            every_s = min(every_s, self.settings.capacity_poll_seconds)
-        while not self._stopping.is_set():
-            await self._publish_capacity()
+            # The claim loop published before its first claim: the next one is an interval on.
+            every_s = wait_s = min(every_s, self.settings.capacity_poll_seconds)
+        while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), every_s)
+                await asyncio.wait_for(self._stopping.wait(), wait_s)
+            if self._stopping.is_set():
+                break
+            await self._publish_capacity()
+            wait_s = every_s
         with contextlib.suppress(StoreUnavailable):
             await self.store.forget_capacity()
 

@@ -514,10 +514,11 @@ class JobRunner:
         if outcome is not None:
             JOBS_FINISHED.labels(outcome="retried" if outcome == JobStatus.QUEUED else "failed").inc()
             self.wake()
-        if outcome == JobStatus.QUEUED:
+        full = min(base_s * 2 ** (run.attempt - 1), self.settings.backoff_max_seconds)
+        if outcome == JobStatus.QUEUED and full > 0:
             # It is due after a jittered backoff (half to all of base x 2^(attempt-1), capped: see
             # dispatcher_fail_job); nothing announces that moment, so look then, not at the sweep.
-            full = min(base_s * 2 ** (run.attempt - 1), self.settings.backoff_max_seconds)
+            # (Without a backoff it is due now: the wake above is the one it needs.)
             loop = asyncio.get_running_loop()
             for delay in (0.5 * full + 0.05, full + 0.05):
                 loop.call_later(delay, self.wake)

@@ -1320,13 +1320,6 @@ CREATE INDEX image_jobs_in_flight_idx ON public.image_jobs USING btree (lease_ex
 
 
 --
--- Name: image_jobs_queued_idx; Type: INDEX; Schema: public; Owner: postgres
---
-
-CREATE INDEX image_jobs_queued_idx ON public.image_jobs USING btree (run_after) WHERE (status = 'queued'::text);
-
-
---
 -- Name: image_jobs_queued_order_idx; Type: INDEX; Schema: public; Owner: postgres
 --
 
